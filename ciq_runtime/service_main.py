@@ -1,0 +1,68 @@
+"""The ``main()`` of a service run on its own (``python -m sessions_svc`` and friends)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+
+from ciq_runtime.embedded import EmbeddedError
+from ciq_runtime.errors import ContextIQError
+from ciq_runtime.logging import configure_logging
+from ciq_runtime.server import (
+    Component,
+    GrpcServer,
+    PortInUseError,
+    default_interceptors,
+    run_until_signal,
+)
+from ciq_runtime.settings import ConfigError, Settings
+
+__all__ = ["fail", "run_service"]
+
+log = logging.getLogger(__name__)
+
+
+def fail(message: str) -> None:
+    """Print a one-line error for the operator and exit with status 1 (no traceback)."""
+    print(f"contextiq: error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def run_service(*, service_name: str, build: Callable[[Settings], Component]) -> None:
+    """Read the settings, serve one component over gRPC until SIGINT/SIGTERM, then stop.
+
+    Args:
+        service_name: Name used in logs and settings ("sessions", "memory", "extraction").
+        build: The service's ``build_component``.
+    """
+    try:
+        settings = Settings.from_env(service_name=service_name)
+    except ConfigError as exc:
+        fail(str(exc))
+        return
+    configure_logging(service=service_name, level=settings.log_level, fmt=settings.log_format)
+    log.info("settings", extra={"settings": settings.redacted_dict()})
+
+    async def main(stop: asyncio.Event) -> None:
+        server = GrpcServer(
+            host=settings.grpc_host,
+            port=settings.grpc_port,
+            components=[build(settings)],
+            interceptors=default_interceptors(),
+            grace_s=settings.shutdown_grace_s,
+        )
+        try:
+            port = await server.start()
+            log.info("serving %s on %s:%d", service_name, settings.grpc_host, port)
+            await stop.wait()
+        finally:
+            await server.stop()
+
+    try:
+        asyncio.run(run_until_signal(main))
+    except (ConfigError, EmbeddedError, PortInUseError) as exc:
+        fail(str(exc))
+    except ContextIQError as exc:
+        fail(exc.message)

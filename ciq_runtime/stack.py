@@ -1,0 +1,223 @@
+"""``make run``: the whole ContextIQ stack in one process, on its embedded default.
+
+Starts a real PostgreSQL (from the ``pgserver`` package, data kept under the data directory),
+a real ``nats-server`` with JetStream, every servicer on one gRPC port and the REST gateway,
+prints where everything listens, and on Ctrl-C / SIGTERM stops all of it in reverse order.
+``DATABASE_URL`` / ``NATS_URL`` switch to external servers instead of the embedded ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import sys
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from ciq_runtime.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
+from ciq_runtime.errors import ContextIQError
+from ciq_runtime.logging import configure_logging
+from ciq_runtime.server import (
+    Component,
+    GrpcServer,
+    PortInUseError,
+    default_interceptors,
+    run_until_signal,
+)
+from ciq_runtime.service_main import fail
+from ciq_runtime.settings import ConfigError, Settings
+
+__all__ = ["COMPONENT_BUILDERS", "main", "prepare_data_dir"]
+
+log = logging.getLogger("contextiq.stack")
+
+
+def _builders() -> list[tuple[str, Callable[[Settings], Component]]]:
+    # Imported here, not at module level: the runtime package must not depend on the services
+    # except in this composition root.
+    from extraction_svc.component import build_component as build_extraction
+    from memory_svc.component import build_component as build_memory
+    from sessions_svc.component import build_component as build_sessions
+
+    return [
+        ("sessions", build_sessions),
+        ("memory", build_memory),
+        ("extraction", build_extraction),
+    ]
+
+
+COMPONENT_BUILDERS = _builders
+
+#: Services the gateway routes to (the internal MemoryJobService has no REST bindings).
+GATEWAY_SERVICES = (
+    "contextiq.sessions.v1.SessionService",
+    "contextiq.memory.v1.MemoryService",
+    "contextiq.memory.v1.MemoryBankService",
+    "contextiq.procedural.v1.ProceduralService",
+    "contextiq.extraction.v1.ExtractionService",
+    "google.longrunning.Operations",
+)
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """Create the data directory or check that the existing one is usable.
+
+    Args:
+        path: ``CONTEXTIQ_DATA_DIR`` (default ``./.contextiq``).
+
+    Returns:
+        The absolute path.
+
+    Raises:
+        EmbeddedError: With a one-line message when the path cannot hold the data.
+    """
+    path = path.expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise EmbeddedError(
+            f"{path} is not a directory: move it away or set CONTEXTIQ_DATA_DIR to a folder"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise EmbeddedError(
+            f"cannot write to the data directory {path} ({exc.strerror}): "
+            "fix its permissions or set CONTEXTIQ_DATA_DIR to a writable folder"
+        ) from exc
+    return path
+
+
+def check_ports_free(settings: Settings) -> None:
+    """Fail before starting anything when a port the stack needs is taken.
+
+    Args:
+        settings: The stack's settings.
+
+    Raises:
+        EmbeddedError: A one-line message naming the port and the variable that moves it.
+    """
+    wanted = [
+        (settings.grpc_host, settings.grpc_port, "CONTEXTIQ_GRPC_PORT"),
+        (settings.http_host, settings.http_port, "CONTEXTIQ_HTTP_PORT"),
+    ]
+    if not settings.database_url:
+        wanted.append(("127.0.0.1", settings.pg_port, "CONTEXTIQ_PG_PORT"))
+    if not settings.nats_url:
+        wanted.append(("127.0.0.1", settings.nats_port, "CONTEXTIQ_NATS_PORT"))
+    for host, port, variable in wanted:
+        if port == 0:
+            continue
+        try:
+            # SO_REUSEADDR as the servers themselves bind: TIME_WAIT leftovers are not "in use".
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise EmbeddedError(
+                    f"port {port} on {host} is in use: stop the other process "
+                    f"or set {variable} to a free port"
+                ) from exc
+            raise EmbeddedError(f"cannot listen on {host}:{port} ({exc.strerror})") from exc
+
+
+async def _run(settings: Settings, stop: asyncio.Event) -> None:
+    from gateway.app import create_app
+    from gateway.server import serve
+
+    data_dir = prepare_data_dir(settings.data_dir)
+    check_ports_free(settings)
+    grpc_addr = f"{settings.grpc_host}:{settings.grpc_port}"
+    async with AsyncExitStack() as stack:
+        database_url = settings.database_url
+        if not database_url:
+            pg = EmbeddedPostgres(data_dir=data_dir / "pg", host="127.0.0.1", port=settings.pg_port)
+            stack.push_async_callback(pg.stop)
+            database_url = (await pg.start()).url
+        nats_url = settings.nats_url
+        if not nats_url:
+            nats = EmbeddedNats(
+                store_dir=data_dir / "nats", host="127.0.0.1", port=settings.nats_port
+            )
+            stack.push_async_callback(nats.stop)
+            nats_url = await nats.start()
+
+        settings = settings.replace(
+            database_url=database_url,
+            nats_url=nats_url,
+            sessions_addr=grpc_addr,
+            memory_addr=grpc_addr,
+            extraction_addr=grpc_addr,
+        )
+        server = GrpcServer(
+            host=settings.grpc_host,
+            port=settings.grpc_port,
+            components=[build(settings) for _, build in COMPONENT_BUILDERS()],
+            interceptors=default_interceptors(),
+            grace_s=settings.shutdown_grace_s,
+        )
+        stack.push_async_callback(server.stop)
+        grpc_port = await server.start()
+        upstream = f"{settings.grpc_host}:{grpc_port}"
+
+        app = create_app(
+            routes_from=GATEWAY_SERVICES,
+            upstreams=dict.fromkeys(GATEWAY_SERVICES, upstream),
+            health_names=dict.fromkeys(server.health_names, upstream),
+        )
+        gw = await serve(app, host=settings.http_host, port=settings.http_port)
+        stack.push_async_callback(gw.stop)
+
+        _print_banner(
+            grpc=f"{settings.grpc_host}:{grpc_port}",
+            http=gw.url,
+            database=database_url,
+            nats=nats_url,
+            data_dir=data_dir,
+        )
+        await stop.wait()
+        print("contextiq: stopping…", file=sys.stderr, flush=True)
+
+
+def _print_banner(*, grpc: str, http: str, database: str, nats: str, data_dir: Path) -> None:
+    from ciq_runtime.settings import redact_url
+
+    lines = [
+        "ContextIQ is up.",
+        f"  gRPC      {grpc}        (grpcurl -plaintext {grpc} list)",
+        f"  REST      {http}    (docs {http}/docs, health {http}/health)",
+        f"  Postgres  {redact_url(database)}",
+        f"  NATS      {redact_url(nats, mask_username_only=True)}",
+        f"  data      {data_dir}",
+        "Press Ctrl-C to stop.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def main() -> None:
+    """Entry point of ``python -m ciq_runtime.stack`` (``make run``)."""
+    try:
+        settings = Settings.from_env(service_name="stack")
+    except ConfigError as exc:
+        fail(str(exc))
+        return
+    configure_logging(service="contextiq", level=settings.log_level, fmt=settings.log_format)
+    from gateway.server import GatewayStartError
+
+    try:
+        asyncio.run(run_until_signal(lambda stop: _run(settings, stop)))
+    except (ConfigError, EmbeddedError, PortInUseError, GatewayStartError) as exc:
+        fail(str(exc))
+    except ContextIQError as exc:
+        fail(exc.message)
+    except OSError as exc:
+        fail(f"{exc.strerror or exc}: check the ports and the data directory")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""ExtractionService (extract + consolidate through LiteLLM) and the JetStream job worker."""

@@ -1,0 +1,10 @@
+"""Alembic environment of the extraction service: its own schema and version table."""
+
+from ciq_runtime.db import alembic_env_run
+from extraction_svc import models
+
+alembic_env_run(
+    target_metadata=models.metadata,
+    schema=models.SCHEMA,
+    version_table=models.VERSION_TABLE,
+)

@@ -1,0 +1,59 @@
+"""Prometheus metrics of one gateway app, in a registry of its own (never the global one)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+# Methods outside this set are counted as "OTHER" so clients cannot grow the label set.
+_KNOWN_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+# Gateway overhead is sub-millisecond; service calls range up to the 30 s default deadline.
+_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+UNMATCHED_ROUTE: Final = "(unmatched)"
+
+
+class GatewayMetrics:
+    """Request counter and latency histogram by route template, method and status."""
+
+    def __init__(self) -> None:
+        """Creates the metrics in a fresh registry."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._requests = Counter(
+            "contextiq_gateway_requests",
+            "HTTP requests served by the REST gateway.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self._duration = Histogram(
+            "contextiq_gateway_request_duration_seconds",
+            "Time from request to the end of the response, streams included.",
+            ["route", "method"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, *, route: str, method: str, status: int, seconds: float) -> None:
+        """Records one finished request."""
+        method = method if method in _KNOWN_METHODS else "OTHER"
+        self._requests.labels(route, method, str(status)).inc()
+        self._duration.labels(route, method).observe(seconds)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""MemoryService, MemoryBankService, ProceduralService and the long-running Operations."""

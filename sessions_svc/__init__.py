@@ -1,0 +1,1 @@
+"""SessionService: conversations as append-only event logs with state."""

@@ -1,0 +1,1 @@
+"""Test-only protos and the helper that compiles them at test time."""
