@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 GEN_OUT ?= gen
 PROTOS := $(shell find proto/contextiq -name '*.proto' | LC_ALL=C sort)
 PYTEST_ARGS ?=
+BENCH ?=
 BREAKING_AGAINST ?= .git\#branch=main
 
 .PHONY: help setup lock gen gen-check buf-lint buf-breaking lint fmt typecheck test test-unit \
@@ -29,7 +30,7 @@ setup: $(STAMP) ## Create .venv and install the pinned dependencies (requirement
 lock: ## Re-resolve pyproject's pins into requirements.lock (needs the registry)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(PY) -m pip freeze --exclude-editable --all | grep -vE '^(pip|setuptools|wheel)==' \
+	$(PY) -m pip freeze --exclude-editable --all | grep -vE '^(pip|wheel)==' \
 	  | LC_ALL=C sort > requirements.lock
 
 gen: $(STAMP) ## Regenerate gen/ from proto/ (messages, gRPC stubs, .pyi) with the pinned tools
@@ -74,7 +75,7 @@ run: $(STAMP) ## Start the whole stack (Postgres, NATS, services on :50051, gate
 	$(PY) -m ciq_runtime.stack
 
 bench: $(STAMP) ## Run the benchmarks in bench/ and print their numbers
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 helm-check: $(STAMP) ## helm lint + template + kubernetes-validate on deploy/helm
 	@echo "helm-check: the chart arrives with the Helm issue (deploy/helm is empty)"; exit 1

@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -159,14 +160,14 @@ async def run(*, calls: int, warmup: int) -> None:
     print(f"{'overhead net of floor':<24}{net_p50:>8.3f}{net_p95:>8.3f}")
 
 
-def main() -> None:
-    """Command-line entry point."""
+def main(argv: Sequence[str] = ()) -> None:
+    """Entry point; ``python -m bench`` calls it without arguments (the defaults)."""
     parser = argparse.ArgumentParser(description="REST gateway overhead over direct gRPC.")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
-    args = parser.parse_args()
+    args = parser.parse_args(list(argv))
     asyncio.run(run(calls=args.calls, warmup=args.warmup))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

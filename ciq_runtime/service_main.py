@@ -6,7 +6,9 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from ciq_runtime.auth import ApiKeyVerifier, build_auth_interceptor
 from ciq_runtime.embedded import EmbeddedError
 from ciq_runtime.errors import ContextIQError
 from ciq_runtime.logging import configure_logging
@@ -19,9 +21,28 @@ from ciq_runtime.server import (
 )
 from ciq_runtime.settings import ConfigError, Settings
 
-__all__ = ["fail", "run_service"]
+__all__ = ["ProcessParts", "fail", "run_service"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProcessParts:
+    """What a service process serves.
+
+    Attributes:
+        components: The components on the process's gRPC port.
+        api_keys: Local API-key verifier (the process hosting ApiKeyService); other processes
+            verify keys remotely through ``CONTEXTIQ_SESSIONS_ADDR``.
+    """
+
+    components: list[Component]
+    api_keys: ApiKeyVerifier | None = field(default=None)
+
+
+def service_names(components: list[Component]) -> list[str]:
+    """Every gRPC service name of some components."""
+    return [spec.name for component in components for spec in component.services]
 
 
 def fail(message: str) -> None:
@@ -30,12 +51,12 @@ def fail(message: str) -> None:
     raise SystemExit(1)
 
 
-def run_service(*, service_name: str, build: Callable[[Settings], Component]) -> None:
-    """Read the settings, serve one component over gRPC until SIGINT/SIGTERM, then stop.
+def run_service(*, service_name: str, build: Callable[[Settings], ProcessParts]) -> None:
+    """Read the settings, serve the components over gRPC until SIGINT/SIGTERM, then stop.
 
     Args:
         service_name: Name used in logs and settings ("sessions", "memory", "extraction").
-        build: The service's ``build_component``.
+        build: Builds what the process serves from the settings.
     """
     try:
         settings = Settings.from_env(service_name=service_name)
@@ -46,11 +67,15 @@ def run_service(*, service_name: str, build: Callable[[Settings], Component]) ->
     log.info("settings", extra={"settings": settings.redacted_dict()})
 
     async def main(stop: asyncio.Event) -> None:
+        parts = build(settings)
+        auth = build_auth_interceptor(
+            settings, services=service_names(parts.components), api_keys=parts.api_keys
+        )
         server = GrpcServer(
             host=settings.grpc_host,
             port=settings.grpc_port,
-            components=[build(settings)],
-            interceptors=default_interceptors(),
+            components=parts.components,
+            interceptors=default_interceptors(auth),
             grace_s=settings.shutdown_grace_s,
         )
         try:

@@ -140,6 +140,14 @@ class Settings:
     """Port of the embedded Postgres (``make run`` without DATABASE_URL); 0 picks a free one."""
     nats_port: int = 4223
     """Port of the embedded nats-server (``make run`` without NATS_URL); 0 picks a free one."""
+    rate_limit_per_minute: int = 1000
+    """Requests per minute allowed per credential (API key or JWT subject); 0 disables."""
+    tenant_rate_limit_per_minute: int = 1000
+    """Requests per minute allowed per tenant, all its credentials together; 0 disables."""
+    rate_limit_burst: float = 2.0
+    """Bucket size as a multiple of the per-minute rate (2 = a burst of twice the rate)."""
+    auth_cache_s: float = 10.0
+    """How long a service caches an API key verified by the sessions service."""
 
     def __post_init__(self) -> None:
         # Normalising here (not only in from_env) means Settings(...) and replace(...) can never
@@ -195,6 +203,12 @@ class Settings:
             otel_endpoint=env.optional("OTEL_EXPORTER_OTLP_ENDPOINT"),
             pg_port=env.port("CONTEXTIQ_PG_PORT", 54329),
             nats_port=env.port("CONTEXTIQ_NATS_PORT", 4223),
+            rate_limit_per_minute=env.integer("CONTEXTIQ_RATE_LIMIT_PER_MINUTE", 1000, minimum=0),
+            tenant_rate_limit_per_minute=env.integer(
+                "CONTEXTIQ_TENANT_RATE_LIMIT_PER_MINUTE", 1000, minimum=0
+            ),
+            rate_limit_burst=env.number("CONTEXTIQ_RATE_LIMIT_BURST", 2.0, minimum=1.0),
+            auth_cache_s=env.number("CONTEXTIQ_AUTH_CACHE_SECONDS", 10.0, minimum=0.0),
         )
 
     def replace(self, **changes: Any) -> Settings:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from ciq_runtime.auth import build_auth_interceptor
 from ciq_runtime.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
 from ciq_runtime.errors import ContextIQError
 from ciq_runtime.logging import configure_logging
@@ -27,7 +28,7 @@ from ciq_runtime.server import (
     default_interceptors,
     run_until_signal,
 )
-from ciq_runtime.service_main import fail
+from ciq_runtime.service_main import fail, service_names
 from ciq_runtime.settings import ConfigError, Settings
 
 __all__ = ["COMPONENT_BUILDERS", "main", "prepare_data_dir"]
@@ -53,6 +54,7 @@ COMPONENT_BUILDERS = _builders
 
 #: Services the gateway routes to (the internal MemoryJobService has no REST bindings).
 GATEWAY_SERVICES = (
+    "contextiq.auth.v1.ApiKeyService",
     "contextiq.sessions.v1.SessionService",
     "contextiq.memory.v1.MemoryService",
     "contextiq.memory.v1.MemoryBankService",
@@ -154,11 +156,18 @@ async def _run(settings: Settings, stop: asyncio.Event) -> None:
             memory_addr=grpc_addr,
             extraction_addr=grpc_addr,
         )
+        from sessions_svc.apikeys.component import build_apikeys
+
+        keys = build_apikeys(settings)
+        components = [keys.component] + [build(settings) for _, build in COMPONENT_BUILDERS()]
+        auth = build_auth_interceptor(
+            settings, services=service_names(components), api_keys=keys.verifier
+        )
         server = GrpcServer(
             host=settings.grpc_host,
             port=settings.grpc_port,
-            components=[build(settings) for _, build in COMPONENT_BUILDERS()],
-            interceptors=default_interceptors(),
+            components=components,
+            interceptors=default_interceptors(auth),
             grace_s=settings.shutdown_grace_s,
         )
         stack.push_async_callback(server.stop)
@@ -173,6 +182,9 @@ async def _run(settings: Settings, stop: asyncio.Event) -> None:
         gw = await serve(app, host=settings.http_host, port=settings.http_port)
         stack.push_async_callback(gw.stop)
 
+        first_key = None
+        if not settings.auth_disabled and not settings.bootstrap_api_key:
+            first_key = await keys.ensure_admin_key()
         _print_banner(
             grpc=f"{settings.grpc_host}:{grpc_port}",
             http=gw.url,
@@ -180,6 +192,8 @@ async def _run(settings: Settings, stop: asyncio.Event) -> None:
             nats=nats_url,
             data_dir=data_dir,
         )
+        _print_auth(settings, first_key)
+        print("Press Ctrl-C to stop.", flush=True)
         await stop.wait()
         print("contextiq: stopping…", file=sys.stderr, flush=True)
 
@@ -194,9 +208,28 @@ def _print_banner(*, grpc: str, http: str, database: str, nats: str, data_dir: P
         f"  Postgres  {redact_url(database)}",
         f"  NATS      {redact_url(nats, mask_username_only=True)}",
         f"  data      {data_dir}",
-        "Press Ctrl-C to stop.",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _print_auth(settings: Settings, first_key: str | None) -> None:
+    if settings.auth_disabled:
+        print("  auth      DISABLED (CONTEXTIQ_AUTH_DISABLED=true)", flush=True)
+    elif first_key is not None:
+        print(
+            "  auth      admin API key for the default tenant, shown once:\n"
+            f"            {first_key}\n"
+            "            send it as 'X-API-Key' (REST) or 'x-api-key' (gRPC metadata)",
+            flush=True,
+        )
+    elif settings.bootstrap_api_key:
+        print("  auth      CONTEXTIQ_BOOTSTRAP_API_KEY is an admin key of the default tenant")
+    else:
+        print(
+            "  auth      use the admin key printed by the first run, or set "
+            "CONTEXTIQ_BOOTSTRAP_API_KEY=ck_…",
+            flush=True,
+        )
 
 
 def main() -> None:

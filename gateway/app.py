@@ -70,6 +70,7 @@ def create_app(
     hooks: Sequence[RequestHook] = (),
     descriptor_sets: Sequence[bytes] = (),
     channel_options: ChannelOptions = (),
+    channel_credentials: grpc.ChannelCredentials | None = None,
     title: str = "ContextIQ REST API",
 ) -> Starlette:
     """Builds the gateway app; every route is computed and checked here, before serving.
@@ -88,6 +89,7 @@ def create_app(
         descriptor_sets: Extra serialized FileDescriptorSets with source info, for the
             descriptions of services not in the packaged set.
         channel_options: gRPC channel arguments for the upstream channels.
+        channel_credentials: TLS credentials for the upstream channels; plaintext when None.
         title: Title of the OpenAPI document.
 
     Raises:
@@ -108,7 +110,7 @@ def create_app(
     )
     openapi_body = json.dumps(document, ensure_ascii=False).encode()
 
-    pool = UpstreamPool(channel_options=channel_options)
+    pool = UpstreamPool(channel_options=channel_options, credentials=channel_credentials)
     metrics = GatewayMetrics()
     components = {service.full_name: upstreams[service.full_name] for service in services}
     components.update(health_names or {})

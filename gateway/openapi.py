@@ -20,7 +20,7 @@ from gateway.comments import SourceComments
 from gateway.errors import HTTP_STATUS_BY_CODE
 from gateway.fields import accepts_string, plain_message
 from gateway.openapi_schemas import Schema, SchemaBuilder, is_required, ref
-from gateway.path_template import Variable
+from gateway.path_template import PathParameter
 from gateway.routes import Route
 
 _log = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ def build_document(
     for route in ordered:
         binding = route.binding
         tags.setdefault(binding.service.name, comments.get(binding.service.full_name))
-        path, renames = _canonical_path(binding.template.openapi_path(), hierarchies)
+        template_path, path_parameters = binding.template.openapi_path()
+        path, renames = _canonical_path(template_path, hierarchies)
         operations = paths.setdefault(path, {})
         method = binding.http_method.lower()
         if method in operations:
@@ -93,7 +94,9 @@ def build_document(
                 binding.method.full_name,
             )
             continue
-        operations[method] = _operation(route, schemas, comments, renames)
+        operations[method] = _operation(
+            route, schemas, comments, _path_parameters(route, path_parameters, schemas, renames)
+        )
     if health_path is not None:
         paths[health_path] = {"get": _health_operation()}
     components: dict[str, Any] = {
@@ -144,7 +147,10 @@ def _canonical_path(path: str, hierarchies: dict[str, str]) -> tuple[str, dict[s
 
 
 def _operation(
-    route: Route, schemas: SchemaBuilder, comments: SourceComments, renames: dict[str, str]
+    route: Route,
+    schemas: SchemaBuilder,
+    comments: SourceComments,
+    path_parameters: list[dict[str, Any]],
 ) -> dict[str, Any]:
     binding = route.binding
     method = binding.method
@@ -156,10 +162,7 @@ def _operation(
     if text:
         operation["summary"] = _first_sentence(text)
         operation["description"] = text
-    parameters = [
-        *_path_parameters(route, schemas, comments, renames),
-        *_query_parameters(route, schemas),
-    ]
+    parameters = [*path_parameters, *_query_parameters(route, schemas)]
     if parameters:
         operation["parameters"] = parameters
     body = _request_body(route, schemas)
@@ -173,37 +176,46 @@ def _operation(
 
 
 def _path_parameters(
-    route: Route, schemas: SchemaBuilder, comments: SourceComments, renames: dict[str, str]
+    route: Route,
+    parameters: list[PathParameter],
+    schemas: SchemaBuilder,
+    renames: dict[str, str],
 ) -> list[dict[str, Any]]:
-    parameters: list[dict[str, Any]] = []
-    for path_field in route.path_fields:
-        variable = path_field.variable
-        if variable.literal_value is not None:
-            continue  # written out in the path; the gateway sets the field itself
-        leaf = path_field.chain[-1]
-        name = renames.get(variable.parameter_name, variable.parameter_name)
-        parameter: dict[str, Any] = {
-            "name": name,
-            "in": "path",
-            "required": True,
-            "schema": _variable_schema(variable, leaf, schemas),
-        }
-        text = comments.get(leaf.full_name)
-        if name != variable.name:
-            text = f"{text} Sets `{variable.name}`.".strip()
-        if text:
-            parameter["description"] = text
-        parameters.append(parameter)
-    return parameters
+    leaves = {path_field.variable.name: path_field.chain[-1] for path_field in route.path_fields}
+    comments = schemas.comments
+    documented: list[dict[str, Any]] = []
+    for parameter in parameters:
+        variable = parameter.variable
+        leaf = leaves[variable.name]
+        name = renames.get(parameter.name, parameter.name)
+        notes = [comments.get(leaf.full_name)]
+        if not variable.whole:
+            shown = variable.openapi_parts()[0]
+            notes.append(f"`{variable.name}` is `{'/'.join(shown)}`.")
+        elif name != variable.name:
+            notes.append(f"Sets `{variable.name}`.")
+        schema = _parameter_schema(parameter, leaf, schemas)
+        documented.append(
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": schema,
+                **({"description": text} if (text := " ".join(n for n in notes if n)) else {}),
+            }
+        )
+    return documented
 
 
-def _variable_schema(variable: Variable, leaf: FieldDescriptor, schemas: SchemaBuilder) -> Schema:
-    if variable.segments == ("*",):
+def _parameter_schema(
+    parameter: PathParameter, leaf: FieldDescriptor, schemas: SchemaBuilder
+) -> Schema:
+    schema: Schema = {"type": "string"}
+    if parameter.variable.whole:
         schema = schemas.scalar(leaf)
-        if schema.get("type") == "string" and "pattern" not in schema and "format" not in schema:
-            schema["minLength"] = 1
-        return schema
-    return {"type": "string", "pattern": "^" + variable.value_regex() + "$"}
+    if schema.get("type") == "string" and "pattern" not in schema and "format" not in schema:
+        schema["minLength"] = 1
+    return schema
 
 
 def _query_parameters(route: Route, schemas: SchemaBuilder) -> list[dict[str, Any]]:
@@ -283,9 +295,16 @@ def _request_body(route: Route, schemas: SchemaBuilder) -> dict[str, Any] | None
         assert body_field is not None
         resource = plain_message(body_field)
         if route.mask_field is not None and resource is not None:
+            # The resource's id comes from the path ({memory.id}); it is left out of the body.
+            in_path = {
+                path_field.chain[1].name
+                for path_field in route.path_fields
+                if len(path_field.chain) == 2 and path_field.chain[0] == body_field
+            }
             schema = schemas.variant(
                 resource,
                 name=f"{resource.full_name}.Patch",
+                without=in_path,
                 drop_required=True,
                 description=(
                     f"{resource.name} fields to change; with no `update_mask` the "

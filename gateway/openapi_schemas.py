@@ -80,7 +80,8 @@ _WELL_KNOWN: Final[dict[str, Schema]] = {
     TIMESTAMP: {"type": "string", "format": "date-time"},
     DURATION: {
         "type": "string",
-        "pattern": "^-?[0-9]{1,12}(\\.[0-9]{1,9})?s$",
+        # At most 11 digits of seconds: protobuf caps durations at 315,576,000,000 s.
+        "pattern": "^-?[0-9]{1,11}(\\.[0-9]{1,9})?s$",
         "description": "A duration in seconds with an `s` suffix, e.g. `3.5s`.",
     },
     FIELD_MASK: {
@@ -99,15 +100,21 @@ _WELL_KNOWN: Final[dict[str, Schema]] = {
     },
 }
 
-# Map keys are JSON object keys (strings); integer and bool keys are constrained by pattern.
+# Map keys are JSON object keys (strings); integer and bool keys are constrained by pattern,
+# to digits counts that cannot overflow the key type.
 _KEY_PATTERNS: Final = {
     FieldDescriptor.TYPE_BOOL: "^(true|false)$",
-    FieldDescriptor.TYPE_UINT32: "^[0-9]+$",
-    FieldDescriptor.TYPE_UINT64: "^[0-9]+$",
-    FieldDescriptor.TYPE_FIXED32: "^[0-9]+$",
-    FieldDescriptor.TYPE_FIXED64: "^[0-9]+$",
+    FieldDescriptor.TYPE_INT32: "^-?[0-9]{1,9}$",
+    FieldDescriptor.TYPE_SINT32: "^-?[0-9]{1,9}$",
+    FieldDescriptor.TYPE_SFIXED32: "^-?[0-9]{1,9}$",
+    FieldDescriptor.TYPE_UINT32: "^[0-9]{1,9}$",
+    FieldDescriptor.TYPE_FIXED32: "^[0-9]{1,9}$",
+    FieldDescriptor.TYPE_INT64: "^-?[0-9]{1,18}$",
+    FieldDescriptor.TYPE_SINT64: "^-?[0-9]{1,18}$",
+    FieldDescriptor.TYPE_SFIXED64: "^-?[0-9]{1,18}$",
+    FieldDescriptor.TYPE_UINT64: "^[0-9]{1,19}$",
+    FieldDescriptor.TYPE_FIXED64: "^[0-9]{1,19}$",
 }
-_SIGNED_KEY_PATTERN: Final = "^-?[0-9]+$"
 
 
 def ref(name: str) -> Schema:
@@ -143,7 +150,7 @@ class SchemaBuilder:
 
     def __init__(self, comments: SourceComments) -> None:
         """Creates a builder reading descriptions from ``comments``."""
-        self._comments = comments
+        self.comments = comments
         self.components: dict[str, Schema] = {}
 
     def message(self, message: Descriptor) -> Schema:
@@ -214,9 +221,9 @@ class SchemaBuilder:
         if enum.full_name == NULL_VALUE:
             return {"type": "null"}
         if enum.full_name not in self.components:
-            lines = [self._comments.get(enum.full_name)]
+            lines = [self.comments.get(enum.full_name)]
             for value in enum.values:
-                comment = self._comments.get(f"{enum.full_name}.{value.name}")
+                comment = self.comments.get(f"{enum.full_name}.{value.name}")
                 lines.append(f"- `{value.name}`: {comment}" if comment else f"- `{value.name}`")
             self.components[enum.full_name] = {
                 "type": "string",
@@ -237,7 +244,7 @@ class SchemaBuilder:
             if is_required(field):
                 required.append(field.name)
         schema: Schema = {"type": "object"}
-        description = self._comments.get(message.full_name)
+        description = self.comments.get(message.full_name)
         oneof_notes: list[str] = []
         exclusive: list[Schema] = []
         for members in real_oneofs(message):
@@ -266,7 +273,7 @@ class SchemaBuilder:
 
     def _document(self, schema: Schema, field: FieldDescriptor) -> None:
         found = behaviors(field)
-        notes = [self._comments.get(field.full_name)]
+        notes = [self.comments.get(field.full_name)]
         if field_behavior_pb2.IMMUTABLE in found:
             notes.append("Immutable: set on creation only.")
         if field.containing_oneof is not None and not _synthetic(field):
@@ -292,9 +299,7 @@ def _nullable(schema: Schema) -> Schema:
 
 
 def _key_pattern(key_field: FieldDescriptor) -> str | None:
-    if key_field.type == FieldDescriptor.TYPE_STRING:
-        return None
-    return _KEY_PATTERNS.get(key_field.type, _SIGNED_KEY_PATTERN)
+    return _KEY_PATTERNS.get(key_field.type)
 
 
 def _mentions(constraint: Schema, names: set[str]) -> bool:

@@ -75,9 +75,45 @@ class Variable:
             return None
         return "/".join(self.segments)
 
-    def value_regex(self) -> str:
-        """A regular expression (without anchors) for the values the variable accepts."""
-        return _segments_regex(self.segments, leading_slash=False)
+    @property
+    def whole(self) -> bool:
+        """Whether the variable is one plain segment (``{id}``), its value the whole field."""
+        return self.segments == (_STAR,)
+
+    def openapi_parts(self) -> tuple[list[str], list[PathParameter]]:
+        """The variable as OpenAPI path segments: literals kept, each wildcard a parameter.
+
+        ``{name=operations/*}`` becomes ``operations/{name}``: OpenAPI tools cannot put a
+        ``/`` in a parameter, and the gateway rebuilds ``name`` from the whole matched text.
+        """
+        wildcards = [s for s in self.segments if s in (_STAR, _DOUBLE_STAR)]
+        parts: list[str] = []
+        parameters: list[PathParameter] = []
+        for segment in self.segments:
+            if segment not in (_STAR, _DOUBLE_STAR):
+                parts.append(segment)
+                continue
+            name = self.parameter_name
+            if len(wildcards) > 1:
+                name = f"{name}_{len(parameters) + 1}"
+            parameters.append(PathParameter(name=name, variable=self, segment=segment))
+            parts.append("{" + name + "}")
+        return parts, parameters
+
+
+@dataclass(frozen=True, slots=True)
+class PathParameter:
+    """One parameter of a template's OpenAPI path.
+
+    Attributes:
+        name: The parameter name.
+        variable: The variable it belongs to.
+        segment: The wildcard it stands for, ``*`` or ``**``.
+    """
+
+    name: str
+    variable: Variable
+    segment: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,17 +162,24 @@ class PathTemplate:
             values[variable.name] = _decode(raw, multi_segment=variable.multi_segment)
         return values
 
-    def openapi_path(self) -> str:
-        """The template as an OpenAPI path: ``{var}`` per variable, literal-only ones inlined."""
+    def openapi_path(self) -> tuple[str, list[PathParameter]]:
+        """The template as an OpenAPI path and its parameters.
+
+        ``{id}`` stays ``{id}``, ``{a.b}`` becomes ``{a_b}``, literal-only variables are written
+        out, and a variable with a sub-pattern shows its literals with one parameter per
+        wildcard (see ``Variable.openapi_parts``).
+        """
         parts: list[str] = []
+        parameters: list[PathParameter] = []
         for segment in self.segments:
             if isinstance(segment, Variable):
-                literal = segment.literal_value
-                parts.append(literal if literal is not None else "{" + segment.parameter_name + "}")
+                variable_parts, variable_parameters = segment.openapi_parts()
+                parts.extend(variable_parts)
+                parameters.extend(variable_parameters)
             else:
                 parts.append(segment)
         path = "/" + "/".join(parts)
-        return f"{path}:{self.verb}" if self.verb else path
+        return (f"{path}:{self.verb}" if self.verb else path), parameters
 
 
 def _decode(raw: str, *, multi_segment: bool) -> str:

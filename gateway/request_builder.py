@@ -34,6 +34,8 @@ from gateway.routes import PathField, Route
 
 _UNKNOWN_FIELD: Final = re.compile(r'has no field named "([^"]+)" at "([^"]*)"')
 _FAILED_FIELD: Final = re.compile(r"Failed to parse (\w+) field")
+# json_format ends most messages with the location: "... at Message.field.sub."
+_LOCATION: Final = re.compile(r" at \"?[\w]+\.([\w.]+?)\"?\.?$")
 _MASK_JSON_NAMES: Final = ("update_mask", "updateMask")
 
 
@@ -258,9 +260,11 @@ def _parse_error(exc: json_format.ParseError, *, where: str) -> GatewayError:
         inner = location.split(".", 1)[1] if "." in location else ""
         dotted = f"{inner}.{field}" if inner else field
         return invalid_argument(f"invalid {where}: unknown field {dotted!r}", field=dotted)
-    # Nested failures read "Failed to parse a field: Failed to parse b field: ...".
-    failed = ".".join(_FAILED_FIELD.findall(text))
-    return invalid_argument(f"invalid {where}: {_clean(exc)}", field=failed or None)
+    first_line = _clean(exc)
+    location = _LOCATION.search(first_line)
+    # Else nested failures read "Failed to parse a field: Failed to parse b field: ...".
+    field = location.group(1) if location else ".".join(_FAILED_FIELD.findall(text))
+    return invalid_argument(f"invalid {where}: {first_line}", field=field or None)
 
 
 def _clean(exc: Exception) -> str:

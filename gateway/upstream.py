@@ -21,13 +21,17 @@ ChannelOptions = Sequence[tuple[str, Any]]
 class UpstreamPool:
     """Channels by address and multi-callables by (address, method path)."""
 
-    def __init__(self, *, channel_options: ChannelOptions = ()) -> None:
+    def __init__(
+        self, *, channel_options: ChannelOptions = (), credentials: Any | None = None
+    ) -> None:
         """Creates an empty pool.
 
         Args:
             channel_options: gRPC channel arguments for every channel.
+            credentials: ``grpc.ChannelCredentials`` for TLS channels; plaintext when None.
         """
         self._options = tuple(channel_options)
+        self._credentials = credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._callables: dict[tuple[str, str], Any] = {}
 
@@ -35,7 +39,10 @@ class UpstreamPool:
         """The channel to an address, opened on first use."""
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=self._options)
+            else:
+                channel = grpc.aio.secure_channel(address, self._credentials, options=self._options)
             self._channels[address] = channel
         return channel
 

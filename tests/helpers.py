@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -15,3 +17,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> bool:
+    """Polls ``predicate`` until it is true or ``timeout`` seconds pass; returns its last value.
+
+    For conditions no event announces (a process disappearing); never a fixed sleep.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return predicate()
+        time.sleep(interval)
+    return True

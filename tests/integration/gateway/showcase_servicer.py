@@ -116,13 +116,9 @@ class ShowcaseServicer:
         if remaining is not None:
             reply.time_remaining.value = remaining
         if request.echo_initial:
-            await context.send_initial_metadata(
-                tuple(tuple(item.split("=", 1)) for item in request.echo_initial)
-            )
+            await context.send_initial_metadata(_pairs(request.echo_initial))
         if request.echo_trailing:
-            context.set_trailing_metadata(
-                tuple(tuple(item.split("=", 1)) for item in request.echo_trailing)
-            )
+            context.set_trailing_metadata(_pairs(request.echo_trailing))
         return reply
 
     async def _stream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -137,6 +133,10 @@ class ShowcaseServicer:
             except asyncio.CancelledError:
                 self.stream_cancelled.set()
                 raise
+
+
+def _pairs(items: Any) -> tuple[tuple[str, str], ...]:
+    return tuple((key, value) for key, _, value in (item.partition("=") for item in items) if key)
 
 
 async def _updated_kitchen(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -74,8 +74,9 @@ def test_routes_and_operations_are_documented(document: dict[str, Any]) -> None:
     assert "/api/v1/memories/{memory_id}" not in paths
     assert "/api/v1/memories:purge" in paths
     assert "/v1/operations" in paths  # {name=operations} written out
-    watch = paths["/api/v1/{name}:watch"]["get"]
-    assert watch["parameters"][0]["schema"]["pattern"] == "^operations/[^/]+$"
+    watch = paths["/api/v1/operations/{name}:watch"]["get"]
+    assert watch["parameters"][0]["description"].endswith("`name` is `operations/{name}`.")
+    assert set(paths["/v1/operations/{name}"]) == {"get", "delete"}
     assert "text/event-stream" in watch["responses"]["200"]["content"]
     assert not any("MemoryJobService" in op_id for op_id in operation_ids)
     for item in paths.values():

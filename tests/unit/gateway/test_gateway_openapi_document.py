@@ -70,7 +70,7 @@ def test_enums_messages_lists_and_maps(document: dict[str, Any]) -> None:
     assert props["nested_by_number"] == {
         "type": "object",
         "additionalProperties": {"$ref": SCHEMAS + "contextiq.testing.v1.Nested"},
-        "propertyNames": {"pattern": "^-?[0-9]+$"},
+        "propertyNames": {"pattern": "^-?[0-9]{1,9}$"},
     }
 
 
@@ -157,14 +157,18 @@ def test_request_bodies(document: dict[str, Any]) -> None:
     patch_ref = patch["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     assert patch_ref == SCHEMAS + "contextiq.testing.v1.Kitchen.Patch"
     assert "required" not in schemas["contextiq.testing.v1.Kitchen.Patch"]
+    assert "id" not in schemas["contextiq.testing.v1.Kitchen.Patch"]["properties"]
     assert _parameters(document, "/v1/kitchens/{id}", "patch")["id"]["description"].endswith(
         "Sets `kitchen.id`."
     )
 
 
 def test_path_patterns_and_streams(document: dict[str, Any]) -> None:
-    room = _parameters(document, "/v1/{id}", "get")["id"]
-    assert room["schema"] == {"type": "string", "pattern": "^rooms/[^/]+$"}
+    room = _parameters(document, "/v1/rooms/{id}", "get")["id"]
+    assert room["schema"] == {"type": "string", "minLength": 1}
+    assert room["description"] == "The id. `id` is `rooms/{id}`."
+    assert "/v1/files/{id}" in document["paths"]
+    assert "/v1/files/{id}:touch" in document["paths"]
     assert "/v1/shelves/kitchens" in document["paths"]
 
     stream = document["paths"]["/v1/kitchens:stream"]["get"]["responses"]["200"]

@@ -71,20 +71,27 @@ def test_literals_beat_variables_and_verbs_beat_none() -> None:
 
 
 @pytest.mark.parametrize(
-    ("template", "openapi"),
+    ("template", "openapi", "parameters"),
     [
-        ("/v1/things/{id}", "/v1/things/{id}"),
-        ("/v1/things/{thing.id}:go", "/v1/things/{thing_id}:go"),
-        ("/v1/{name=operations/**}:cancel", "/v1/{name}:cancel"),
-        ("/v1/{name=operations}", "/v1/operations"),
+        ("/v1/things/{id}", "/v1/things/{id}", [("id", "*")]),
+        ("/v1/things/{thing.id}:go", "/v1/things/{thing_id}:go", [("thing_id", "*")]),
+        ("/v1/{name=operations/**}:cancel", "/v1/operations/{name}:cancel", [("name", "**")]),
+        ("/v1/{name=operations}", "/v1/operations", []),
+        (
+            "/v1/{name=projects/*/locations/*}",
+            "/v1/projects/{name_1}/locations/{name_2}",
+            [("name_1", "*"), ("name_2", "*")],
+        ),
     ],
 )
-def test_openapi_path(template: str, openapi: str) -> None:
-    assert PathTemplate.parse(template).openapi_path() == openapi
+def test_openapi_path(template: str, openapi: str, parameters: list[tuple[str, str]]) -> None:
+    path, found = PathTemplate.parse(template).openapi_path()
+
+    assert path == openapi
+    assert [(p.name, p.segment) for p in found] == parameters
 
 
-def test_variable_value_regex() -> None:
-    (variable,) = PathTemplate.parse("/api/v1/{name=operations/*}:watch").variables
+def test_openapi_path_matches_its_own_template() -> None:
+    template = PathTemplate.parse("/v1/{name=projects/*/locations/*}")
 
-    assert variable.value_regex() == "operations/[^/]+"
-    assert variable.multi_segment
+    assert template.match("/v1/projects/p1/locations/l2") == {"name": "projects/p1/locations/l2"}

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from contextiq.common.v1 import auth_pb2 as contextiq_dot_common_dot_v1_dot_auth__pb2
 from contextiq.common.v1 import common_pb2 as contextiq_dot_common_dot_v1_dot_common__pb2
 from contextiq.memory.v1 import memory_pb2 as contextiq_dot_memory_dot_v1_dot_memory__pb2
 from contextiq.sessions.v1 import session_pb2 as contextiq_dot_sessions_dot_v1_dot_session__pb2
@@ -30,7 +31,7 @@ from google.api import client_pb2 as google_dot_api_dot_client__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0contextiq/extraction/v1/extraction_service.proto\x12\x17\x63ontextiq.extraction.v1\x1a contextiq/common/v1/common.proto\x1a contextiq/memory/v1/memory.proto\x1a#contextiq/sessions/v1/session.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\"\xce\x02\n\x0e\x45xtractRequest\x12\x32\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.contextiq.sessions.v1.EventB\x04\xe2\x41\x01\x02\x12\x36\n\x06topics\x18\x02 \x03(\x0b\x32 .contextiq.memory.v1.MemoryTopicB\x04\xe2\x41\x01\x01\x12\x44\n\x11\x66\x65w_shot_examples\x18\x03 \x03(\x0b\x32#.contextiq.memory.v1.FewShotExampleB\x04\xe2\x41\x01\x01\x12\x13\n\x05model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12G\n\x05scope\x18\x05 \x03(\x0b\x32\x32.contextiq.extraction.v1.ExtractRequest.ScopeEntryB\x04\xe2\x41\x01\x01\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\x0f\x45xtractResponse\x12\x31\n\x05\x66\x61\x63ts\x18\x01 \x03(\x0b\x32\".contextiq.memory.v1.ExtractedFact\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.contextiq.common.v1.TokenUsage\x12\r\n\x05model\x18\x03 \x01(\t\"\xd7\x02\n\x12\x43onsolidateRequest\x12;\n\tnew_facts\x18\x01 \x03(\x0b\x32\".contextiq.memory.v1.ExtractedFactB\x04\xe2\x41\x01\x02\x12<\n\x11\x65xisting_memories\x18\x02 \x03(\x0b\x32\x1b.contextiq.memory.v1.MemoryB\x04\xe2\x41\x01\x01\x12K\n\x05scope\x18\x03 \x03(\x0b\x32\x36.contextiq.extraction.v1.ConsolidateRequest.ScopeEntryB\x04\xe2\x41\x01\x01\x12\x13\n\x05model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x36\n\x06topics\x18\x05 \x03(\x0b\x32 .contextiq.memory.v1.MemoryTopicB\x04\xe2\x41\x01\x01\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x13\x43onsolidateResponse\x12\x39\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32(.contextiq.memory.v1.ConsolidationAction\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.contextiq.common.v1.TokenUsage\x12\r\n\x05model\x18\x03 \x01(\t2\xc3\x02\n\x11\x45xtractionService\x12\x83\x01\n\x07\x45xtract\x12\'.contextiq.extraction.v1.ExtractRequest\x1a(.contextiq.extraction.v1.ExtractResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/api/v1/extraction/extract:\x01*\x12\x93\x01\n\x0b\x43onsolidate\x12+.contextiq.extraction.v1.ConsolidateRequest\x1a,.contextiq.extraction.v1.ConsolidateResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/api/v1/extraction/consolidate:\x01*\x1a\x12\xca\x41\x0flocalhost:50051B7\n\x1b\x64\x65v.contextiq.extraction.v1B\x16\x45xtractionServiceProtoP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0contextiq/extraction/v1/extraction_service.proto\x12\x17\x63ontextiq.extraction.v1\x1a\x1e\x63ontextiq/common/v1/auth.proto\x1a contextiq/common/v1/common.proto\x1a contextiq/memory/v1/memory.proto\x1a#contextiq/sessions/v1/session.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\"\xce\x02\n\x0e\x45xtractRequest\x12\x32\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.contextiq.sessions.v1.EventB\x04\xe2\x41\x01\x02\x12\x36\n\x06topics\x18\x02 \x03(\x0b\x32 .contextiq.memory.v1.MemoryTopicB\x04\xe2\x41\x01\x01\x12\x44\n\x11\x66\x65w_shot_examples\x18\x03 \x03(\x0b\x32#.contextiq.memory.v1.FewShotExampleB\x04\xe2\x41\x01\x01\x12\x13\n\x05model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12G\n\x05scope\x18\x05 \x03(\x0b\x32\x32.contextiq.extraction.v1.ExtractRequest.ScopeEntryB\x04\xe2\x41\x01\x01\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\x0f\x45xtractResponse\x12\x31\n\x05\x66\x61\x63ts\x18\x01 \x03(\x0b\x32\".contextiq.memory.v1.ExtractedFact\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.contextiq.common.v1.TokenUsage\x12\r\n\x05model\x18\x03 \x01(\t\"\xd7\x02\n\x12\x43onsolidateRequest\x12;\n\tnew_facts\x18\x01 \x03(\x0b\x32\".contextiq.memory.v1.ExtractedFactB\x04\xe2\x41\x01\x02\x12<\n\x11\x65xisting_memories\x18\x02 \x03(\x0b\x32\x1b.contextiq.memory.v1.MemoryB\x04\xe2\x41\x01\x01\x12K\n\x05scope\x18\x03 \x03(\x0b\x32\x36.contextiq.extraction.v1.ConsolidateRequest.ScopeEntryB\x04\xe2\x41\x01\x01\x12\x13\n\x05model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x36\n\x06topics\x18\x05 \x03(\x0b\x32 .contextiq.memory.v1.MemoryTopicB\x04\xe2\x41\x01\x01\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x13\x43onsolidateResponse\x12\x39\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32(.contextiq.memory.v1.ConsolidationAction\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.contextiq.common.v1.TokenUsage\x12\r\n\x05model\x18\x03 \x01(\t2\xcf\x02\n\x11\x45xtractionService\x12\x89\x01\n\x07\x45xtract\x12\'.contextiq.extraction.v1.ExtractRequest\x1a(.contextiq.extraction.v1.ExtractResponse\"+\xca\xf3\x18\x02\x08\x04\x82\xd3\xe4\x93\x02\x1f\"\x1a/api/v1/extraction/extract:\x01*\x12\x99\x01\n\x0b\x43onsolidate\x12+.contextiq.extraction.v1.ConsolidateRequest\x1a,.contextiq.extraction.v1.ConsolidateResponse\"/\xca\xf3\x18\x02\x08\x04\x82\xd3\xe4\x93\x02#\"\x1e/api/v1/extraction/consolidate:\x01*\x1a\x12\xca\x41\x0flocalhost:50051B7\n\x1b\x64\x65v.contextiq.extraction.v1B\x16\x45xtractionServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -65,21 +66,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXTRACTIONSERVICE']._loaded_options = None
   _globals['_EXTRACTIONSERVICE']._serialized_options = b'\312A\017localhost:50051'
   _globals['_EXTRACTIONSERVICE'].methods_by_name['Extract']._loaded_options = None
-  _globals['_EXTRACTIONSERVICE'].methods_by_name['Extract']._serialized_options = b'\202\323\344\223\002\037\"\032/api/v1/extraction/extract:\001*'
+  _globals['_EXTRACTIONSERVICE'].methods_by_name['Extract']._serialized_options = b'\312\363\030\002\010\004\202\323\344\223\002\037\"\032/api/v1/extraction/extract:\001*'
   _globals['_EXTRACTIONSERVICE'].methods_by_name['Consolidate']._loaded_options = None
-  _globals['_EXTRACTIONSERVICE'].methods_by_name['Consolidate']._serialized_options = b'\202\323\344\223\002#\"\036/api/v1/extraction/consolidate:\001*'
-  _globals['_EXTRACTREQUEST']._serialized_start=271
-  _globals['_EXTRACTREQUEST']._serialized_end=605
-  _globals['_EXTRACTREQUEST_SCOPEENTRY']._serialized_start=561
-  _globals['_EXTRACTREQUEST_SCOPEENTRY']._serialized_end=605
-  _globals['_EXTRACTRESPONSE']._serialized_start=608
-  _globals['_EXTRACTRESPONSE']._serialized_end=739
-  _globals['_CONSOLIDATEREQUEST']._serialized_start=742
-  _globals['_CONSOLIDATEREQUEST']._serialized_end=1085
-  _globals['_CONSOLIDATEREQUEST_SCOPEENTRY']._serialized_start=561
-  _globals['_CONSOLIDATEREQUEST_SCOPEENTRY']._serialized_end=605
-  _globals['_CONSOLIDATERESPONSE']._serialized_start=1088
-  _globals['_CONSOLIDATERESPONSE']._serialized_end=1231
-  _globals['_EXTRACTIONSERVICE']._serialized_start=1234
-  _globals['_EXTRACTIONSERVICE']._serialized_end=1557
+  _globals['_EXTRACTIONSERVICE'].methods_by_name['Consolidate']._serialized_options = b'\312\363\030\002\010\004\202\323\344\223\002#\"\036/api/v1/extraction/consolidate:\001*'
+  _globals['_EXTRACTREQUEST']._serialized_start=303
+  _globals['_EXTRACTREQUEST']._serialized_end=637
+  _globals['_EXTRACTREQUEST_SCOPEENTRY']._serialized_start=593
+  _globals['_EXTRACTREQUEST_SCOPEENTRY']._serialized_end=637
+  _globals['_EXTRACTRESPONSE']._serialized_start=640
+  _globals['_EXTRACTRESPONSE']._serialized_end=771
+  _globals['_CONSOLIDATEREQUEST']._serialized_start=774
+  _globals['_CONSOLIDATEREQUEST']._serialized_end=1117
+  _globals['_CONSOLIDATEREQUEST_SCOPEENTRY']._serialized_start=593
+  _globals['_CONSOLIDATEREQUEST_SCOPEENTRY']._serialized_end=637
+  _globals['_CONSOLIDATERESPONSE']._serialized_start=1120
+  _globals['_CONSOLIDATERESPONSE']._serialized_end=1263
+  _globals['_EXTRACTIONSERVICE']._serialized_start=1266
+  _globals['_EXTRACTIONSERVICE']._serialized_end=1601
 # @@protoc_insertion_point(module_scope)

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from contextiq.common.v1 import auth_pb2 as contextiq_dot_common_dot_v1_dot_auth__pb2
 from contextiq.common.v1 import common_pb2 as contextiq_dot_common_dot_v1_dot_common__pb2
 from contextiq.memory.v1 import generation_pb2 as contextiq_dot_memory_dot_v1_dot_generation__pb2
 from contextiq.memory.v1 import memory_pb2 as contextiq_dot_memory_dot_v1_dot_memory__pb2
@@ -29,14 +30,14 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import client_pb2 as google_dot_api_dot_client__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
-from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(contextiq/memory/v1/memory_service.proto\x12\x13\x63ontextiq.memory.v1\x1a contextiq/common/v1/common.proto\x1a$contextiq/memory/v1/generation.proto\x1a contextiq/memory/v1/memory.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a#google/longrunning/operations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\x03\n\x13\x43reateMemoryRequest\x12H\n\x05scope\x18\x01 \x03(\x0b\x32\x33.contextiq.memory.v1.CreateMemoryRequest.ScopeEntryB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x66\x61\x63t\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05topic\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1d\n\nconfidence\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12/\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12\x30\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12(\n\x03ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x1f\n\x11source_session_id\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x10source_event_ids\x18\t \x03(\tB\x04\xe2\x41\x01\x01\x12\x15\n\x07\x62\x61nk_id\x18\n \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\nexpirationB\r\n\x0b_confidence\"$\n\x10GetMemoryRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xbe\x01\n\x13ListMemoriesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12/\n\x05\x61s_of\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x15\n\x07\x62\x61nk_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\"^\n\x14ListMemoriesResponse\x12-\n\x08memories\x18\x01 \x03(\x0b\x32\x1b.contextiq.memory.v1.Memory\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xaa\x03\n\x15SearchMemoriesRequest\x12J\n\x05scope\x18\x01 \x03(\x0b\x32\x35.contextiq.memory.v1.SearchMemoriesRequest.ScopeEntryB\x04\xe2\x41\x01\x02\x12\x1a\n\x0csearch_query\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05top_k\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tmin_score\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12/\n\x05\x61s_of\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12:\n\x0bscope_match\x18\x07 \x01(\x0e\x32\x1f.contextiq.common.v1.ScopeMatchB\x04\xe2\x41\x01\x01\x12\x33\n\x04mode\x18\x08 \x01(\x0e\x32\x1f.contextiq.memory.v1.SearchModeB\x04\xe2\x41\x01\x01\x12\x15\n\x07\x62\x61nk_id\x18\t \x01(\tB\x04\xe2\x41\x01\x01\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x0cSearchResult\x12+\n\x06memory\x18\x01 \x01(\x0b\x32\x1b.contextiq.memory.v1.Memory\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x17\n\x0fmatched_signals\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65nse_score\x18\x04 \x01(\x01\x12\x15\n\rkeyword_score\x18\x05 \x01(\x01\"L\n\x16SearchMemoriesResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.contextiq.memory.v1.SearchResult\"\x93\x01\n\x13UpdateMemoryRequest\x12\x31\n\x06memory\x18\x01 \x01(\x0b\x32\x1b.contextiq.memory.v1.MemoryB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x12\n\x04\x65tag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\";\n\x13\x44\x65leteMemoryRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"h\n\x1aListMemoryRevisionsRequest\x12\x17\n\tmemory_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"n\n\x1bListMemoryRevisionsResponse\x12\x36\n\trevisions\x18\x01 \x03(\x0b\x32#.contextiq.memory.v1.MemoryRevision\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x18GetMemoryRevisionRequest\x12\x17\n\tmemory_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0frevision_number\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\"\\\n\x15RollbackMemoryRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0frevision_number\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"X\n\x14PurgeMemoriesRequest\x12\x14\n\x06\x66ilter\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x66orce\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x15\n\x07\x62\x61nk_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"P\n\x15PurgeMemoriesResponse\x12\x13\n\x0bpurge_count\x18\x01 \x01(\x03\x12\x12\n\nmemory_ids\x18\x02 \x03(\t\x12\x0e\n\x06purged\x18\x03 \x01(\x08\"/\n\x16ReindexMemoriesRequest\x12\x15\n\x07\x62\x61nk_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\"Q\n\x17ReindexMemoriesMetadata\x12\x1b\n\rindexed_count\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0btotal_count\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\"6\n\x17ReindexMemoriesResponse\x12\x1b\n\rindexed_count\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\"+\n\x15WatchOperationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"s\n\x17\x43reateMemoryBankRequest\x12:\n\x0bmemory_bank\x18\x01 \x01(\x0b\x32\x1f.contextiq.memory.v1.MemoryBankB\x04\xe2\x41\x01\x02\x12\x1c\n\x0ememory_bank_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"(\n\x14GetMemoryBankRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"K\n\x16ListMemoryBanksRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"i\n\x17ListMemoryBanksResponse\x12\x35\n\x0cmemory_banks\x18\x01 \x03(\x0b\x32\x1f.contextiq.memory.v1.MemoryBank\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa0\x01\n\x17UpdateMemoryBankRequest\x12:\n\x0bmemory_bank\x18\x01 \x01(\x0b\x32\x1f.contextiq.memory.v1.MemoryBankB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x12\n\x04\x65tag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"@\n\x17\x44\x65leteMemoryBankRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x66orce\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01*q\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x01\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x02\x12\x17\n\x13SEARCH_MODE_KEYWORD\x10\x03\x32\xde\x0f\n\rMemoryService\x12\xbc\x01\n\x10GenerateMemories\x12,.contextiq.memory.v1.GenerateMemoriesRequest\x1a\x1d.google.longrunning.Operation\"[\xca\x41\x34\n\x18GenerateMemoriesResponse\x12\x18GenerateMemoriesMetadata\x82\xd3\xe4\x93\x02\x1e\"\x19/api/v1/memories/generate:\x01*\x12r\n\x0c\x43reateMemory\x12(.contextiq.memory.v1.CreateMemoryRequest\x1a\x1b.contextiq.memory.v1.Memory\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/api/v1/memories:\x01*\x12s\n\tGetMemory\x12%.contextiq.memory.v1.GetMemoryRequest\x1a\x1b.contextiq.memory.v1.Memory\"\"\xda\x41\x02id\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/memories/{id}\x12}\n\x0cListMemories\x12(.contextiq.memory.v1.ListMemoriesRequest\x1a).contextiq.memory.v1.ListMemoriesResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/memories\x12\x8d\x01\n\x0eSearchMemories\x12*.contextiq.memory.v1.SearchMemoriesRequest\x1a+.contextiq.memory.v1.SearchMemoriesResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/api/v1/memories/search:\x01*\x12\x98\x01\n\x0cUpdateMemory\x12(.contextiq.memory.v1.UpdateMemoryRequest\x1a\x1b.contextiq.memory.v1.Memory\"A\xda\x41\x12memory,update_mask\x82\xd3\xe4\x93\x02&2\x1c/api/v1/memories/{memory.id}:\x06memory\x12t\n\x0c\x44\x65leteMemory\x12(.contextiq.memory.v1.DeleteMemoryRequest\x1a\x16.google.protobuf.Empty\"\"\xda\x41\x02id\x82\xd3\xe4\x93\x02\x17*\x15/api/v1/memories/{id}\x12\xb4\x01\n\x13ListMemoryRevisions\x12/.contextiq.memory.v1.ListMemoryRevisionsRequest\x1a\x30.contextiq.memory.v1.ListMemoryRevisionsResponse\":\xda\x41\tmemory_id\x82\xd3\xe4\x93\x02(\x12&/api/v1/memories/{memory_id}/revisions\x12\xc5\x01\n\x11GetMemoryRevision\x12-.contextiq.memory.v1.GetMemoryRevisionRequest\x1a#.contextiq.memory.v1.MemoryRevision\"\\\xda\x41\x19memory_id,revision_number\x82\xd3\xe4\x93\x02:\x12\x38/api/v1/memories/{memory_id}/revisions/{revision_number}\x12\x99\x01\n\x0eRollbackMemory\x12*.contextiq.memory.v1.RollbackMemoryRequest\x1a\x1b.contextiq.memory.v1.Memory\">\xda\x41\x12id,revision_number\x82\xd3\xe4\x93\x02#\"\x1e/api/v1/memories/{id}:rollback:\x01*\x12\x89\x01\n\rPurgeMemories\x12).contextiq.memory.v1.PurgeMemoriesRequest\x1a*.contextiq.memory.v1.PurgeMemoriesResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/api/v1/memories:purge:\x01*\x12\xb7\x01\n\x0fReindexMemories\x12+.contextiq.memory.v1.ReindexMemoriesRequest\x1a\x1d.google.longrunning.Operation\"X\xca\x41\x32\n\x17ReindexMemoriesResponse\x12\x17ReindexMemoriesMetadata\x82\xd3\xe4\x93\x02\x1d\"\x18/api/v1/memories:reindex:\x01*\x12\x8f\x01\n\x0eWatchOperation\x12*.contextiq.memory.v1.WatchOperationRequest\x1a\x1d.google.longrunning.Operation\"0\xda\x41\x04name\x82\xd3\xe4\x93\x02#\x12!/api/v1/{name=operations/*}:watch0\x01\x1a\x12\xca\x41\x0flocalhost:500512\xa3\x06\n\x11MemoryBankService\x12\xa9\x01\n\x10\x43reateMemoryBank\x12,.contextiq.memory.v1.CreateMemoryBankRequest\x1a\x1f.contextiq.memory.v1.MemoryBank\"F\xda\x41\x1amemory_bank,memory_bank_id\x82\xd3\xe4\x93\x02#\"\x14/api/v1/memory-banks:\x0bmemory_bank\x12\x83\x01\n\rGetMemoryBank\x12).contextiq.memory.v1.GetMemoryBankRequest\x1a\x1f.contextiq.memory.v1.MemoryBank\"&\xda\x41\x02id\x82\xd3\xe4\x93\x02\x1b\x12\x19/api/v1/memory-banks/{id}\x12\x8a\x01\n\x0fListMemoryBanks\x12+.contextiq.memory.v1.ListMemoryBanksRequest\x1a,.contextiq.memory.v1.ListMemoryBanksResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/api/v1/memory-banks\x12\xb7\x01\n\x10UpdateMemoryBank\x12,.contextiq.memory.v1.UpdateMemoryBankRequest\x1a\x1f.contextiq.memory.v1.MemoryBank\"T\xda\x41\x17memory_bank,update_mask\x82\xd3\xe4\x93\x02\x34\x32%/api/v1/memory-banks/{memory_bank.id}:\x0bmemory_bank\x12\x80\x01\n\x10\x44\x65leteMemoryBank\x12,.contextiq.memory.v1.DeleteMemoryBankRequest\x1a\x16.google.protobuf.Empty\"&\xda\x41\x02id\x82\xd3\xe4\x93\x02\x1b*\x19/api/v1/memory-banks/{id}\x1a\x12\xca\x41\x0flocalhost:50051B/\n\x17\x64\x65v.contextiq.memory.v1B\x12MemoryServiceProtoP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(contextiq/memory/v1/memory_service.proto\x12\x13\x63ontextiq.memory.v1\x1a\x1e\x63ontextiq/common/v1/auth.proto\x1a contextiq/common/v1/common.proto\x1a$contextiq/memory/v1/generation.proto\x1a contextiq/memory/v1/memory.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a#google/longrunning/operations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\x03\n\x13\x43reateMemoryRequest\x12H\n\x05scope\x18\x01 \x03(\x0b\x32\x33.contextiq.memory.v1.CreateMemoryRequest.ScopeEntryB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x66\x61\x63t\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05topic\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1d\n\nconfidence\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12/\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12\x30\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12(\n\x03ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x1f\n\x11source_session_id\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x10source_event_ids\x18\t \x03(\tB\x04\xe2\x41\x01\x01\x12\x15\n\x07\x62\x61nk_id\x18\n \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\nexpirationB\r\n\x0b_confidence\"$\n\x10GetMemoryRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xbe\x01\n\x13ListMemoriesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12/\n\x05\x61s_of\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x15\n\x07\x62\x61nk_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\"^\n\x14ListMemoriesResponse\x12-\n\x08memories\x18\x01 \x03(\x0b\x32\x1b.contextiq.memory.v1.Memory\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xaa\x03\n\x15SearchMemoriesRequest\x12J\n\x05scope\x18\x01 \x03(\x0b\x32\x35.contextiq.memory.v1.SearchMemoriesRequest.ScopeEntryB\x04\xe2\x41\x01\x02\x12\x1a\n\x0csearch_query\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05top_k\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tmin_score\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12/\n\x05\x61s_of\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12:\n\x0bscope_match\x18\x07 \x01(\x0e\x32\x1f.contextiq.common.v1.ScopeMatchB\x04\xe2\x41\x01\x01\x12\x33\n\x04mode\x18\x08 \x01(\x0e\x32\x1f.contextiq.memory.v1.SearchModeB\x04\xe2\x41\x01\x01\x12\x15\n\x07\x62\x61nk_id\x18\t \x01(\tB\x04\xe2\x41\x01\x01\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x0cSearchResult\x12+\n\x06memory\x18\x01 \x01(\x0b\x32\x1b.contextiq.memory.v1.Memory\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x17\n\x0fmatched_signals\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65nse_score\x18\x04 \x01(\x01\x12\x15\n\rkeyword_score\x18\x05 \x01(\x01\"L\n\x16SearchMemoriesResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.contextiq.memory.v1.SearchResult\"\x93\x01\n\x13UpdateMemoryRequest\x12\x31\n\x06memory\x18\x01 \x01(\x0b\x32\x1b.contextiq.memory.v1.MemoryB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x12\n\x04\x65tag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\";\n\x13\x44\x65leteMemoryRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"h\n\x1aListMemoryRevisionsRequest\x12\x17\n\tmemory_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"n\n\x1bListMemoryRevisionsResponse\x12\x36\n\trevisions\x18\x01 \x03(\x0b\x32#.contextiq.memory.v1.MemoryRevision\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x18GetMemoryRevisionRequest\x12\x17\n\tmemory_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0frevision_number\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\"\\\n\x15RollbackMemoryRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0frevision_number\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"X\n\x14PurgeMemoriesRequest\x12\x14\n\x06\x66ilter\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x66orce\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x15\n\x07\x62\x61nk_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"P\n\x15PurgeMemoriesResponse\x12\x13\n\x0bpurge_count\x18\x01 \x01(\x03\x12\x12\n\nmemory_ids\x18\x02 \x03(\t\x12\x0e\n\x06purged\x18\x03 \x01(\x08\"/\n\x16ReindexMemoriesRequest\x12\x15\n\x07\x62\x61nk_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\"Q\n\x17ReindexMemoriesMetadata\x12\x1b\n\rindexed_count\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0btotal_count\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\"6\n\x17ReindexMemoriesResponse\x12\x1b\n\rindexed_count\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\"+\n\x15WatchOperationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"s\n\x17\x43reateMemoryBankRequest\x12:\n\x0bmemory_bank\x18\x01 \x01(\x0b\x32\x1f.contextiq.memory.v1.MemoryBankB\x04\xe2\x41\x01\x02\x12\x1c\n\x0ememory_bank_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"(\n\x14GetMemoryBankRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"K\n\x16ListMemoryBanksRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"i\n\x17ListMemoryBanksResponse\x12\x35\n\x0cmemory_banks\x18\x01 \x03(\x0b\x32\x1f.contextiq.memory.v1.MemoryBank\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa0\x01\n\x17UpdateMemoryBankRequest\x12:\n\x0bmemory_bank\x18\x01 \x01(\x0b\x32\x1f.contextiq.memory.v1.MemoryBankB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x12\n\x04\x65tag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"@\n\x17\x44\x65leteMemoryBankRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x66orce\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01*q\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x01\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x02\x12\x17\n\x13SEARCH_MODE_KEYWORD\x10\x03\x32\xab\x10\n\rMemoryService\x12\xc2\x01\n\x10GenerateMemories\x12,.contextiq.memory.v1.GenerateMemoriesRequest\x1a\x1d.google.longrunning.Operation\"a\xca\x41\x34\n\x18GenerateMemoriesResponse\x12\x18GenerateMemoriesMetadata\xca\xf3\x18\x02\x08\x04\x82\xd3\xe4\x93\x02\x1e\"\x19/api/v1/memories/generate:\x01*\x12x\n\x0c\x43reateMemory\x12(.contextiq.memory.v1.CreateMemoryRequest\x1a\x1b.contextiq.memory.v1.Memory\"!\xca\xf3\x18\x02\x08\x04\x82\xd3\xe4\x93\x02\x15\"\x10/api/v1/memories:\x01*\x12y\n\tGetMemory\x12%.contextiq.memory.v1.GetMemoryRequest\x1a\x1b.contextiq.memory.v1.Memory\"(\xda\x41\x02id\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/memories/{id}\x12\x83\x01\n\x0cListMemories\x12(.contextiq.memory.v1.ListMemoriesRequest\x1a).contextiq.memory.v1.ListMemoriesResponse\"\x1e\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/memories\x12\x93\x01\n\x0eSearchMemories\x12*.contextiq.memory.v1.SearchMemoriesRequest\x1a+.contextiq.memory.v1.SearchMemoriesResponse\"(\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x1c\"\x17/api/v1/memories/search:\x01*\x12\x9e\x01\n\x0cUpdateMemory\x12(.contextiq.memory.v1.UpdateMemoryRequest\x1a\x1b.contextiq.memory.v1.Memory\"G\xda\x41\x12memory,update_mask\xca\xf3\x18\x02\x08\x04\x82\xd3\xe4\x93\x02&2\x1c/api/v1/memories/{memory.id}:\x06memory\x12z\n\x0c\x44\x65leteMemory\x12(.contextiq.memory.v1.DeleteMemoryRequest\x1a\x16.google.protobuf.Empty\"(\xda\x41\x02id\xca\xf3\x18\x02\x08\x04\x82\xd3\xe4\x93\x02\x17*\x15/api/v1/memories/{id}\x12\xba\x01\n\x13ListMemoryRevisions\x12/.contextiq.memory.v1.ListMemoryRevisionsRequest\x1a\x30.contextiq.memory.v1.ListMemoryRevisionsResponse\"@\xda\x41\tmemory_id\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02(\x12&/api/v1/memories/{memory_id}/revisions\x12\xcb\x01\n\x11GetMemoryRevision\x12-.contextiq.memory.v1.GetMemoryRevisionRequest\x1a#.contextiq.memory.v1.MemoryRevision\"b\xda\x41\x19memory_id,revision_number\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02:\x12\x38/api/v1/memories/{memory_id}/revisions/{revision_number}\x12\x9f\x01\n\x0eRollbackMemory\x12*.contextiq.memory.v1.RollbackMemoryRequest\x1a\x1b.contextiq.memory.v1.Memory\"D\xda\x41\x12id,revision_number\xca\xf3\x18\x02\x08\x04\x82\xd3\xe4\x93\x02#\"\x1e/api/v1/memories/{id}:rollback:\x01*\x12\x8f\x01\n\rPurgeMemories\x12).contextiq.memory.v1.PurgeMemoriesRequest\x1a*.contextiq.memory.v1.PurgeMemoriesResponse\"\'\xca\xf3\x18\x02\x08\x04\x82\xd3\xe4\x93\x02\x1b\"\x16/api/v1/memories:purge:\x01*\x12\xbd\x01\n\x0fReindexMemories\x12+.contextiq.memory.v1.ReindexMemoriesRequest\x1a\x1d.google.longrunning.Operation\"^\xca\x41\x32\n\x17ReindexMemoriesResponse\x12\x17ReindexMemoriesMetadata\xca\xf3\x18\x02\x08\x07\x82\xd3\xe4\x93\x02\x1d\"\x18/api/v1/memories:reindex:\x01*\x12\x93\x01\n\x0eWatchOperation\x12*.contextiq.memory.v1.WatchOperationRequest\x1a\x1d.google.longrunning.Operation\"4\xda\x41\x04name\xca\xf3\x18\x00\x82\xd3\xe4\x93\x02#\x12!/api/v1/{name=operations/*}:watch0\x01\x1a\x12\xca\x41\x0flocalhost:500512\xc1\x06\n\x11MemoryBankService\x12\xaf\x01\n\x10\x43reateMemoryBank\x12,.contextiq.memory.v1.CreateMemoryBankRequest\x1a\x1f.contextiq.memory.v1.MemoryBank\"L\xda\x41\x1amemory_bank,memory_bank_id\xca\xf3\x18\x02\x08\x07\x82\xd3\xe4\x93\x02#\"\x14/api/v1/memory-banks:\x0bmemory_bank\x12\x89\x01\n\rGetMemoryBank\x12).contextiq.memory.v1.GetMemoryBankRequest\x1a\x1f.contextiq.memory.v1.MemoryBank\",\xda\x41\x02id\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x1b\x12\x19/api/v1/memory-banks/{id}\x12\x90\x01\n\x0fListMemoryBanks\x12+.contextiq.memory.v1.ListMemoryBanksRequest\x1a,.contextiq.memory.v1.ListMemoryBanksResponse\"\"\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x16\x12\x14/api/v1/memory-banks\x12\xbd\x01\n\x10UpdateMemoryBank\x12,.contextiq.memory.v1.UpdateMemoryBankRequest\x1a\x1f.contextiq.memory.v1.MemoryBank\"Z\xda\x41\x17memory_bank,update_mask\xca\xf3\x18\x02\x08\x07\x82\xd3\xe4\x93\x02\x34\x32%/api/v1/memory-banks/{memory_bank.id}:\x0bmemory_bank\x12\x86\x01\n\x10\x44\x65leteMemoryBank\x12,.contextiq.memory.v1.DeleteMemoryBankRequest\x1a\x16.google.protobuf.Empty\",\xda\x41\x02id\xca\xf3\x18\x02\x08\x07\x82\xd3\xe4\x93\x02\x1b*\x19/api/v1/memory-banks/{id}\x1a\x12\xca\x41\x0flocalhost:50051B/\n\x17\x64\x65v.contextiq.memory.v1B\x12MemoryServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -163,101 +164,101 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMORYSERVICE']._loaded_options = None
   _globals['_MEMORYSERVICE']._serialized_options = b'\312A\017localhost:50051'
   _globals['_MEMORYSERVICE'].methods_by_name['GenerateMemories']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['GenerateMemories']._serialized_options = b'\312A4\n\030GenerateMemoriesResponse\022\030GenerateMemoriesMetadata\202\323\344\223\002\036\"\031/api/v1/memories/generate:\001*'
+  _globals['_MEMORYSERVICE'].methods_by_name['GenerateMemories']._serialized_options = b'\312A4\n\030GenerateMemoriesResponse\022\030GenerateMemoriesMetadata\312\363\030\002\010\004\202\323\344\223\002\036\"\031/api/v1/memories/generate:\001*'
   _globals['_MEMORYSERVICE'].methods_by_name['CreateMemory']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['CreateMemory']._serialized_options = b'\202\323\344\223\002\025\"\020/api/v1/memories:\001*'
+  _globals['_MEMORYSERVICE'].methods_by_name['CreateMemory']._serialized_options = b'\312\363\030\002\010\004\202\323\344\223\002\025\"\020/api/v1/memories:\001*'
   _globals['_MEMORYSERVICE'].methods_by_name['GetMemory']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['GetMemory']._serialized_options = b'\332A\002id\202\323\344\223\002\027\022\025/api/v1/memories/{id}'
+  _globals['_MEMORYSERVICE'].methods_by_name['GetMemory']._serialized_options = b'\332A\002id\312\363\030\002\010\003\202\323\344\223\002\027\022\025/api/v1/memories/{id}'
   _globals['_MEMORYSERVICE'].methods_by_name['ListMemories']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['ListMemories']._serialized_options = b'\202\323\344\223\002\022\022\020/api/v1/memories'
+  _globals['_MEMORYSERVICE'].methods_by_name['ListMemories']._serialized_options = b'\312\363\030\002\010\003\202\323\344\223\002\022\022\020/api/v1/memories'
   _globals['_MEMORYSERVICE'].methods_by_name['SearchMemories']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['SearchMemories']._serialized_options = b'\202\323\344\223\002\034\"\027/api/v1/memories/search:\001*'
+  _globals['_MEMORYSERVICE'].methods_by_name['SearchMemories']._serialized_options = b'\312\363\030\002\010\003\202\323\344\223\002\034\"\027/api/v1/memories/search:\001*'
   _globals['_MEMORYSERVICE'].methods_by_name['UpdateMemory']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['UpdateMemory']._serialized_options = b'\332A\022memory,update_mask\202\323\344\223\002&2\034/api/v1/memories/{memory.id}:\006memory'
+  _globals['_MEMORYSERVICE'].methods_by_name['UpdateMemory']._serialized_options = b'\332A\022memory,update_mask\312\363\030\002\010\004\202\323\344\223\002&2\034/api/v1/memories/{memory.id}:\006memory'
   _globals['_MEMORYSERVICE'].methods_by_name['DeleteMemory']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['DeleteMemory']._serialized_options = b'\332A\002id\202\323\344\223\002\027*\025/api/v1/memories/{id}'
+  _globals['_MEMORYSERVICE'].methods_by_name['DeleteMemory']._serialized_options = b'\332A\002id\312\363\030\002\010\004\202\323\344\223\002\027*\025/api/v1/memories/{id}'
   _globals['_MEMORYSERVICE'].methods_by_name['ListMemoryRevisions']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['ListMemoryRevisions']._serialized_options = b'\332A\tmemory_id\202\323\344\223\002(\022&/api/v1/memories/{memory_id}/revisions'
+  _globals['_MEMORYSERVICE'].methods_by_name['ListMemoryRevisions']._serialized_options = b'\332A\tmemory_id\312\363\030\002\010\003\202\323\344\223\002(\022&/api/v1/memories/{memory_id}/revisions'
   _globals['_MEMORYSERVICE'].methods_by_name['GetMemoryRevision']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['GetMemoryRevision']._serialized_options = b'\332A\031memory_id,revision_number\202\323\344\223\002:\0228/api/v1/memories/{memory_id}/revisions/{revision_number}'
+  _globals['_MEMORYSERVICE'].methods_by_name['GetMemoryRevision']._serialized_options = b'\332A\031memory_id,revision_number\312\363\030\002\010\003\202\323\344\223\002:\0228/api/v1/memories/{memory_id}/revisions/{revision_number}'
   _globals['_MEMORYSERVICE'].methods_by_name['RollbackMemory']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['RollbackMemory']._serialized_options = b'\332A\022id,revision_number\202\323\344\223\002#\"\036/api/v1/memories/{id}:rollback:\001*'
+  _globals['_MEMORYSERVICE'].methods_by_name['RollbackMemory']._serialized_options = b'\332A\022id,revision_number\312\363\030\002\010\004\202\323\344\223\002#\"\036/api/v1/memories/{id}:rollback:\001*'
   _globals['_MEMORYSERVICE'].methods_by_name['PurgeMemories']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['PurgeMemories']._serialized_options = b'\202\323\344\223\002\033\"\026/api/v1/memories:purge:\001*'
+  _globals['_MEMORYSERVICE'].methods_by_name['PurgeMemories']._serialized_options = b'\312\363\030\002\010\004\202\323\344\223\002\033\"\026/api/v1/memories:purge:\001*'
   _globals['_MEMORYSERVICE'].methods_by_name['ReindexMemories']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['ReindexMemories']._serialized_options = b'\312A2\n\027ReindexMemoriesResponse\022\027ReindexMemoriesMetadata\202\323\344\223\002\035\"\030/api/v1/memories:reindex:\001*'
+  _globals['_MEMORYSERVICE'].methods_by_name['ReindexMemories']._serialized_options = b'\312A2\n\027ReindexMemoriesResponse\022\027ReindexMemoriesMetadata\312\363\030\002\010\007\202\323\344\223\002\035\"\030/api/v1/memories:reindex:\001*'
   _globals['_MEMORYSERVICE'].methods_by_name['WatchOperation']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['WatchOperation']._serialized_options = b'\332A\004name\202\323\344\223\002#\022!/api/v1/{name=operations/*}:watch'
+  _globals['_MEMORYSERVICE'].methods_by_name['WatchOperation']._serialized_options = b'\332A\004name\312\363\030\000\202\323\344\223\002#\022!/api/v1/{name=operations/*}:watch'
   _globals['_MEMORYBANKSERVICE']._loaded_options = None
   _globals['_MEMORYBANKSERVICE']._serialized_options = b'\312A\017localhost:50051'
   _globals['_MEMORYBANKSERVICE'].methods_by_name['CreateMemoryBank']._loaded_options = None
-  _globals['_MEMORYBANKSERVICE'].methods_by_name['CreateMemoryBank']._serialized_options = b'\332A\032memory_bank,memory_bank_id\202\323\344\223\002#\"\024/api/v1/memory-banks:\013memory_bank'
+  _globals['_MEMORYBANKSERVICE'].methods_by_name['CreateMemoryBank']._serialized_options = b'\332A\032memory_bank,memory_bank_id\312\363\030\002\010\007\202\323\344\223\002#\"\024/api/v1/memory-banks:\013memory_bank'
   _globals['_MEMORYBANKSERVICE'].methods_by_name['GetMemoryBank']._loaded_options = None
-  _globals['_MEMORYBANKSERVICE'].methods_by_name['GetMemoryBank']._serialized_options = b'\332A\002id\202\323\344\223\002\033\022\031/api/v1/memory-banks/{id}'
+  _globals['_MEMORYBANKSERVICE'].methods_by_name['GetMemoryBank']._serialized_options = b'\332A\002id\312\363\030\002\010\003\202\323\344\223\002\033\022\031/api/v1/memory-banks/{id}'
   _globals['_MEMORYBANKSERVICE'].methods_by_name['ListMemoryBanks']._loaded_options = None
-  _globals['_MEMORYBANKSERVICE'].methods_by_name['ListMemoryBanks']._serialized_options = b'\202\323\344\223\002\026\022\024/api/v1/memory-banks'
+  _globals['_MEMORYBANKSERVICE'].methods_by_name['ListMemoryBanks']._serialized_options = b'\312\363\030\002\010\003\202\323\344\223\002\026\022\024/api/v1/memory-banks'
   _globals['_MEMORYBANKSERVICE'].methods_by_name['UpdateMemoryBank']._loaded_options = None
-  _globals['_MEMORYBANKSERVICE'].methods_by_name['UpdateMemoryBank']._serialized_options = b'\332A\027memory_bank,update_mask\202\323\344\223\00242%/api/v1/memory-banks/{memory_bank.id}:\013memory_bank'
+  _globals['_MEMORYBANKSERVICE'].methods_by_name['UpdateMemoryBank']._serialized_options = b'\332A\027memory_bank,update_mask\312\363\030\002\010\007\202\323\344\223\00242%/api/v1/memory-banks/{memory_bank.id}:\013memory_bank'
   _globals['_MEMORYBANKSERVICE'].methods_by_name['DeleteMemoryBank']._loaded_options = None
-  _globals['_MEMORYBANKSERVICE'].methods_by_name['DeleteMemoryBank']._serialized_options = b'\332A\002id\202\323\344\223\002\033*\031/api/v1/memory-banks/{id}'
-  _globals['_SEARCHMODE']._serialized_start=3518
-  _globals['_SEARCHMODE']._serialized_end=3631
-  _globals['_CREATEMEMORYREQUEST']._serialized_start=455
-  _globals['_CREATEMEMORYREQUEST']._serialized_end=952
-  _globals['_CREATEMEMORYREQUEST_SCOPEENTRY']._serialized_start=879
-  _globals['_CREATEMEMORYREQUEST_SCOPEENTRY']._serialized_end=923
-  _globals['_GETMEMORYREQUEST']._serialized_start=954
-  _globals['_GETMEMORYREQUEST']._serialized_end=990
-  _globals['_LISTMEMORIESREQUEST']._serialized_start=993
-  _globals['_LISTMEMORIESREQUEST']._serialized_end=1183
-  _globals['_LISTMEMORIESRESPONSE']._serialized_start=1185
-  _globals['_LISTMEMORIESRESPONSE']._serialized_end=1279
-  _globals['_SEARCHMEMORIESREQUEST']._serialized_start=1282
-  _globals['_SEARCHMEMORIESREQUEST']._serialized_end=1708
-  _globals['_SEARCHMEMORIESREQUEST_SCOPEENTRY']._serialized_start=879
-  _globals['_SEARCHMEMORIESREQUEST_SCOPEENTRY']._serialized_end=923
-  _globals['_SEARCHRESULT']._serialized_start=1711
-  _globals['_SEARCHRESULT']._serialized_end=1854
-  _globals['_SEARCHMEMORIESRESPONSE']._serialized_start=1856
-  _globals['_SEARCHMEMORIESRESPONSE']._serialized_end=1932
-  _globals['_UPDATEMEMORYREQUEST']._serialized_start=1935
-  _globals['_UPDATEMEMORYREQUEST']._serialized_end=2082
-  _globals['_DELETEMEMORYREQUEST']._serialized_start=2084
-  _globals['_DELETEMEMORYREQUEST']._serialized_end=2143
-  _globals['_LISTMEMORYREVISIONSREQUEST']._serialized_start=2145
-  _globals['_LISTMEMORYREVISIONSREQUEST']._serialized_end=2249
-  _globals['_LISTMEMORYREVISIONSRESPONSE']._serialized_start=2251
-  _globals['_LISTMEMORYREVISIONSRESPONSE']._serialized_end=2361
-  _globals['_GETMEMORYREVISIONREQUEST']._serialized_start=2363
-  _globals['_GETMEMORYREVISIONREQUEST']._serialized_end=2445
-  _globals['_ROLLBACKMEMORYREQUEST']._serialized_start=2447
-  _globals['_ROLLBACKMEMORYREQUEST']._serialized_end=2539
-  _globals['_PURGEMEMORIESREQUEST']._serialized_start=2541
-  _globals['_PURGEMEMORIESREQUEST']._serialized_end=2629
-  _globals['_PURGEMEMORIESRESPONSE']._serialized_start=2631
-  _globals['_PURGEMEMORIESRESPONSE']._serialized_end=2711
-  _globals['_REINDEXMEMORIESREQUEST']._serialized_start=2713
-  _globals['_REINDEXMEMORIESREQUEST']._serialized_end=2760
-  _globals['_REINDEXMEMORIESMETADATA']._serialized_start=2762
-  _globals['_REINDEXMEMORIESMETADATA']._serialized_end=2843
-  _globals['_REINDEXMEMORIESRESPONSE']._serialized_start=2845
-  _globals['_REINDEXMEMORIESRESPONSE']._serialized_end=2899
-  _globals['_WATCHOPERATIONREQUEST']._serialized_start=2901
-  _globals['_WATCHOPERATIONREQUEST']._serialized_end=2944
-  _globals['_CREATEMEMORYBANKREQUEST']._serialized_start=2946
-  _globals['_CREATEMEMORYBANKREQUEST']._serialized_end=3061
-  _globals['_GETMEMORYBANKREQUEST']._serialized_start=3063
-  _globals['_GETMEMORYBANKREQUEST']._serialized_end=3103
-  _globals['_LISTMEMORYBANKSREQUEST']._serialized_start=3105
-  _globals['_LISTMEMORYBANKSREQUEST']._serialized_end=3180
-  _globals['_LISTMEMORYBANKSRESPONSE']._serialized_start=3182
-  _globals['_LISTMEMORYBANKSRESPONSE']._serialized_end=3287
-  _globals['_UPDATEMEMORYBANKREQUEST']._serialized_start=3290
-  _globals['_UPDATEMEMORYBANKREQUEST']._serialized_end=3450
-  _globals['_DELETEMEMORYBANKREQUEST']._serialized_start=3452
-  _globals['_DELETEMEMORYBANKREQUEST']._serialized_end=3516
-  _globals['_MEMORYSERVICE']._serialized_start=3634
-  _globals['_MEMORYSERVICE']._serialized_end=5648
-  _globals['_MEMORYBANKSERVICE']._serialized_start=5651
-  _globals['_MEMORYBANKSERVICE']._serialized_end=6454
+  _globals['_MEMORYBANKSERVICE'].methods_by_name['DeleteMemoryBank']._serialized_options = b'\332A\002id\312\363\030\002\010\007\202\323\344\223\002\033*\031/api/v1/memory-banks/{id}'
+  _globals['_SEARCHMODE']._serialized_start=3550
+  _globals['_SEARCHMODE']._serialized_end=3663
+  _globals['_CREATEMEMORYREQUEST']._serialized_start=487
+  _globals['_CREATEMEMORYREQUEST']._serialized_end=984
+  _globals['_CREATEMEMORYREQUEST_SCOPEENTRY']._serialized_start=911
+  _globals['_CREATEMEMORYREQUEST_SCOPEENTRY']._serialized_end=955
+  _globals['_GETMEMORYREQUEST']._serialized_start=986
+  _globals['_GETMEMORYREQUEST']._serialized_end=1022
+  _globals['_LISTMEMORIESREQUEST']._serialized_start=1025
+  _globals['_LISTMEMORIESREQUEST']._serialized_end=1215
+  _globals['_LISTMEMORIESRESPONSE']._serialized_start=1217
+  _globals['_LISTMEMORIESRESPONSE']._serialized_end=1311
+  _globals['_SEARCHMEMORIESREQUEST']._serialized_start=1314
+  _globals['_SEARCHMEMORIESREQUEST']._serialized_end=1740
+  _globals['_SEARCHMEMORIESREQUEST_SCOPEENTRY']._serialized_start=911
+  _globals['_SEARCHMEMORIESREQUEST_SCOPEENTRY']._serialized_end=955
+  _globals['_SEARCHRESULT']._serialized_start=1743
+  _globals['_SEARCHRESULT']._serialized_end=1886
+  _globals['_SEARCHMEMORIESRESPONSE']._serialized_start=1888
+  _globals['_SEARCHMEMORIESRESPONSE']._serialized_end=1964
+  _globals['_UPDATEMEMORYREQUEST']._serialized_start=1967
+  _globals['_UPDATEMEMORYREQUEST']._serialized_end=2114
+  _globals['_DELETEMEMORYREQUEST']._serialized_start=2116
+  _globals['_DELETEMEMORYREQUEST']._serialized_end=2175
+  _globals['_LISTMEMORYREVISIONSREQUEST']._serialized_start=2177
+  _globals['_LISTMEMORYREVISIONSREQUEST']._serialized_end=2281
+  _globals['_LISTMEMORYREVISIONSRESPONSE']._serialized_start=2283
+  _globals['_LISTMEMORYREVISIONSRESPONSE']._serialized_end=2393
+  _globals['_GETMEMORYREVISIONREQUEST']._serialized_start=2395
+  _globals['_GETMEMORYREVISIONREQUEST']._serialized_end=2477
+  _globals['_ROLLBACKMEMORYREQUEST']._serialized_start=2479
+  _globals['_ROLLBACKMEMORYREQUEST']._serialized_end=2571
+  _globals['_PURGEMEMORIESREQUEST']._serialized_start=2573
+  _globals['_PURGEMEMORIESREQUEST']._serialized_end=2661
+  _globals['_PURGEMEMORIESRESPONSE']._serialized_start=2663
+  _globals['_PURGEMEMORIESRESPONSE']._serialized_end=2743
+  _globals['_REINDEXMEMORIESREQUEST']._serialized_start=2745
+  _globals['_REINDEXMEMORIESREQUEST']._serialized_end=2792
+  _globals['_REINDEXMEMORIESMETADATA']._serialized_start=2794
+  _globals['_REINDEXMEMORIESMETADATA']._serialized_end=2875
+  _globals['_REINDEXMEMORIESRESPONSE']._serialized_start=2877
+  _globals['_REINDEXMEMORIESRESPONSE']._serialized_end=2931
+  _globals['_WATCHOPERATIONREQUEST']._serialized_start=2933
+  _globals['_WATCHOPERATIONREQUEST']._serialized_end=2976
+  _globals['_CREATEMEMORYBANKREQUEST']._serialized_start=2978
+  _globals['_CREATEMEMORYBANKREQUEST']._serialized_end=3093
+  _globals['_GETMEMORYBANKREQUEST']._serialized_start=3095
+  _globals['_GETMEMORYBANKREQUEST']._serialized_end=3135
+  _globals['_LISTMEMORYBANKSREQUEST']._serialized_start=3137
+  _globals['_LISTMEMORYBANKSREQUEST']._serialized_end=3212
+  _globals['_LISTMEMORYBANKSRESPONSE']._serialized_start=3214
+  _globals['_LISTMEMORYBANKSRESPONSE']._serialized_end=3319
+  _globals['_UPDATEMEMORYBANKREQUEST']._serialized_start=3322
+  _globals['_UPDATEMEMORYBANKREQUEST']._serialized_end=3482
+  _globals['_DELETEMEMORYBANKREQUEST']._serialized_start=3484
+  _globals['_DELETEMEMORYBANKREQUEST']._serialized_end=3548
+  _globals['_MEMORYSERVICE']._serialized_start=3666
+  _globals['_MEMORYSERVICE']._serialized_end=5757
+  _globals['_MEMORYBANKSERVICE']._serialized_start=5760
+  _globals['_MEMORYBANKSERVICE']._serialized_end=6593
 # @@protoc_insertion_point(module_scope)

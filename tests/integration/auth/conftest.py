@@ -1,0 +1,87 @@
+"""Two real gRPC servers: the sessions process (API keys) and a memory process verifying
+keys remotely through it, both with the real auth interceptor on the session's Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from ciq_runtime.auth import build_auth_interceptor
+from ciq_runtime.server import GrpcServer, default_interceptors
+from ciq_runtime.service_main import service_names
+from ciq_runtime.settings import Settings
+from memory_svc.component import build_component as build_memory
+from sessions_svc.apikeys.component import build_apikeys
+from tests.auth_helpers import TEST_JWT_SECRET
+
+
+@dataclass
+class AuthStack:
+    """Addresses of the two servers."""
+
+    sessions: str
+    memory: str
+
+
+def _settings(pg_url: str, **changes: object) -> Settings:
+    base = Settings.from_env({}, service_name="test").replace(
+        database_url=pg_url, jwt_secret=TEST_JWT_SECRET
+    )
+    return base.replace(**changes)
+
+
+async def start_stack(pg_url: str, **changes: object) -> tuple[AuthStack, list[GrpcServer]]:
+    """Start both servers with some settings changed; the caller stops them."""
+    settings = _settings(pg_url, **changes)
+    keys = build_apikeys(settings)
+    sessions = GrpcServer(
+        host="127.0.0.1",
+        port=0,
+        components=[keys.component],
+        interceptors=default_interceptors(
+            build_auth_interceptor(
+                settings, services=service_names([keys.component]), api_keys=keys.verifier
+            )
+        ),
+    )
+    sessions_port = await sessions.start()
+    memory_settings = settings.replace(sessions_addr=f"127.0.0.1:{sessions_port}", auth_cache_s=0.0)
+    memory_component = build_memory(memory_settings)
+    memory = GrpcServer(
+        host="127.0.0.1",
+        port=0,
+        components=[memory_component],
+        interceptors=default_interceptors(
+            build_auth_interceptor(memory_settings, services=service_names([memory_component]))
+        ),
+    )
+    memory_port = await memory.start()
+    return (
+        AuthStack(sessions=f"127.0.0.1:{sessions_port}", memory=f"127.0.0.1:{memory_port}"),
+        [memory, sessions],
+    )
+
+
+@pytest.fixture(scope="module")
+async def auth_stack(pg_url: str) -> AsyncIterator[AuthStack]:
+    stack, servers = await start_stack(pg_url)
+    try:
+        yield stack
+    finally:
+        for server in servers:
+            await server.stop()
+
+
+@pytest.fixture
+async def sessions_channel(auth_stack: AuthStack) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(auth_stack.sessions) as channel:
+        yield channel
+
+
+@pytest.fixture
+async def memory_channel(auth_stack: AuthStack) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(auth_stack.memory) as channel:
+        yield channel
