@@ -30,7 +30,7 @@ setup: $(STAMP) ## Create .venv and install the pinned dependencies (requirement
 lock: ## Re-resolve pyproject's pins into requirements.lock (needs the registry)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(PY) -m pip freeze --exclude-editable --all | grep -vE '^(pip|wheel)==' \
+	$(PY) -m pip freeze --exclude-editable --all | grep -vE '^(pip|wheel|contextiq)==' \
 	  | LC_ALL=C sort > requirements.lock
 
 gen: $(STAMP) ## Regenerate gen/ from proto/ (messages, gRPC stubs, .pyi) with the pinned tools
@@ -41,11 +41,13 @@ gen: $(STAMP) ## Regenerate gen/ from proto/ (messages, gRPC stubs, .pyi) with t
 	  --mypy_out=$(GEN_OUT) --mypy_grpc_out=$(GEN_OUT) $(PROTOS)
 	find $(GEN_OUT)/contextiq -type d -exec touch {}/__init__.py \;
 	touch $(GEN_OUT)/contextiq/py.typed
+	@# The gateway's descriptor set keeps the proto comments for the OpenAPI document.
+	$(if $(filter gen,$(GEN_OUT)),$(PY) -m gateway.build_descriptors)
 
 gen-check: $(STAMP) ## Fail when gen/ differs from what `make gen` produces
 	@tmp=$$(mktemp -d) && $(MAKE) --no-print-directory gen GEN_OUT=$$tmp >/dev/null && \
 	  diff -r -x __pycache__ $$tmp/contextiq $(GEN_OUT)/contextiq && rm -rf $$tmp && \
-	  echo "gen/ is up to date"
+	  $(PY) -m gateway.build_descriptors --check && echo "gen/ is up to date"
 
 buf-lint: $(STAMP) ## Lint the protos with buf (STANDARD rules, one documented deviation)
 	$(VENV)/bin/buf lint

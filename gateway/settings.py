@@ -10,7 +10,10 @@ from typing import Final
 # Which address variable serves which services. A service whose variable is unset is not routed.
 SERVICES_BY_ADDRESS_VAR: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {
-        "CONTEXTIQ_SESSIONS_ADDR": ("contextiq.sessions.v1.SessionService",),
+        "CONTEXTIQ_SESSIONS_ADDR": (
+            "contextiq.auth.v1.ApiKeyService",
+            "contextiq.sessions.v1.SessionService",
+        ),
         "CONTEXTIQ_MEMORY_ADDR": (
             "contextiq.memory.v1.MemoryService",
             "contextiq.memory.v1.MemoryBankService",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable
@@ -29,4 +30,19 @@ def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float =
         if time.monotonic() >= deadline:
             return predicate()
         time.sleep(interval)
+    return True
+
+
+async def async_wait_for(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
+    interval: float = 0.02,
+) -> bool:
+    """Async :func:`wait_for`: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return predicate()
+        await asyncio.sleep(interval)
     return True

@@ -7,12 +7,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+import httpx
 import pytest
 
 from ciq_runtime.auth import build_auth_interceptor
 from ciq_runtime.server import GrpcServer, default_interceptors
 from ciq_runtime.service_main import service_names
 from ciq_runtime.settings import Settings
+from gateway.app import create_app
+from gateway.server import GatewayServer
 from memory_svc.component import build_component as build_memory
 from sessions_svc.apikeys.component import build_apikeys
 from tests.auth_helpers import TEST_JWT_SECRET
@@ -20,10 +23,11 @@ from tests.auth_helpers import TEST_JWT_SECRET
 
 @dataclass
 class AuthStack:
-    """Addresses of the two servers."""
+    """Addresses of the two gRPC servers and of the REST gateway in front of them."""
 
     sessions: str
     memory: str
+    http: str
 
 
 def _settings(pg_url: str, **changes: object) -> Settings:
@@ -33,8 +37,10 @@ def _settings(pg_url: str, **changes: object) -> Settings:
     return base.replace(**changes)
 
 
-async def start_stack(pg_url: str, **changes: object) -> tuple[AuthStack, list[GrpcServer]]:
-    """Start both servers with some settings changed; the caller stops them."""
+async def start_stack(
+    pg_url: str, **changes: object
+) -> tuple[AuthStack, list[GrpcServer | GatewayServer]]:
+    """Start both servers and a gateway with some settings changed; the caller stops them."""
     settings = _settings(pg_url, **changes)
     keys = build_apikeys(settings)
     sessions = GrpcServer(
@@ -59,9 +65,17 @@ async def start_stack(pg_url: str, **changes: object) -> tuple[AuthStack, list[G
         ),
     )
     memory_port = await memory.start()
+    sessions_addr, memory_addr = f"127.0.0.1:{sessions_port}", f"127.0.0.1:{memory_port}"
+    upstreams = {"contextiq.auth.v1.ApiKeyService": sessions_addr}
+    upstreams |= dict.fromkeys(service_names([memory_component]), memory_addr)
+    upstreams.pop("contextiq.memory.v1.MemoryJobService")
+    gateway = GatewayServer(
+        create_app(routes_from=list(upstreams), upstreams=upstreams), host="127.0.0.1", port=0
+    )
+    await gateway.start()
     return (
-        AuthStack(sessions=f"127.0.0.1:{sessions_port}", memory=f"127.0.0.1:{memory_port}"),
-        [memory, sessions],
+        AuthStack(sessions=sessions_addr, memory=memory_addr, http=gateway.url),
+        [gateway, memory, sessions],
     )
 
 
@@ -73,6 +87,12 @@ async def auth_stack(pg_url: str) -> AsyncIterator[AuthStack]:
     finally:
         for server in servers:
             await server.stop()
+
+
+@pytest.fixture
+async def http(auth_stack: AuthStack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=auth_stack.http, timeout=10) as client:
+        yield client
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from ciq_runtime.server import (
     ServiceSpec,
     default_interceptors,
 )
+from tests.helpers import async_wait_for
 
 SERVICE = "contextiq.test.v1.EchoService"
 OTHER_SERVICE = "contextiq.test.v1.OtherService"
@@ -266,6 +267,10 @@ async def test_logging_interceptor_logs_final_code_and_duration(
             await channel.unary_unary(f"/{SERVICE}/Unary")(b"notfound")
         with pytest.raises(grpc.aio.AioRpcError):
             await channel.unary_unary(f"/{SERVICE}/Unary")(b"boom")
+        # The server logs after the reply is on the wire: wait for the third line.
+        await async_wait_for(
+            lambda: sum(r.name == "ciq_runtime.rpc" for r in caplog.records) >= 3, timeout=5
+        )
     rpc_lines = [r for r in caplog.records if r.name == "ciq_runtime.rpc"]
     assert [(r.__dict__["rpc_method"], r.__dict__["grpc_code"]) for r in rpc_lines] == [
         (f"/{SERVICE}/Unary", "OK"),
