@@ -71,8 +71,10 @@ async def test_routes_only_the_configured_services(backend: ShowcaseBackend) -> 
     assert session.status_code == 501
     assert session.json()["error"]["code"] == "UNIMPLEMENTED"
     assert memory.status_code == 404
+    # CONTEXTIQ_SESSIONS_ADDR routes the sessions process's services: sessions and API keys.
     assert health.json()["components"] == {
-        "contextiq.sessions.v1.SessionService": "SERVICE_UNKNOWN"
+        "contextiq.auth.v1.ApiKeyService": "SERVICE_UNKNOWN",
+        "contextiq.sessions.v1.SessionService": "SERVICE_UNKNOWN",
     }
 
 
