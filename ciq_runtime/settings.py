@@ -148,6 +148,14 @@ class Settings:
     """Bucket size as a multiple of the per-minute rate (2 = a burst of twice the rate)."""
     auth_cache_s: float = 10.0
     """How long a service caches an API key verified by the sessions service."""
+    llm_api_base: str | None = None
+    """Base URL of an OpenAI-compatible server (Ollama, vLLM, a proxy) for the LLM calls."""
+    llm_api_key: str | None = None
+    """API key passed to LiteLLM; providers' own variables (OPENAI_API_KEY, …) also work."""
+    llm_timeout_s: float = 60.0
+    """Deadline of one model call."""
+    llm_max_attempts: int = 3
+    """Model calls per step when the output is invalid (malformed JSON, unknown ids)."""
 
     def __post_init__(self) -> None:
         # Normalising here (not only in from_env) means Settings(...) and replace(...) can never
@@ -209,6 +217,10 @@ class Settings:
             ),
             rate_limit_burst=env.number("CONTEXTIQ_RATE_LIMIT_BURST", 2.0, minimum=1.0),
             auth_cache_s=env.number("CONTEXTIQ_AUTH_CACHE_SECONDS", 10.0, minimum=0.0),
+            llm_api_base=env.optional("CONTEXTIQ_LLM_API_BASE"),
+            llm_api_key=env.optional("CONTEXTIQ_LLM_API_KEY"),
+            llm_timeout_s=env.number("CONTEXTIQ_LLM_TIMEOUT_SECONDS", 60.0, minimum=0.1),
+            llm_max_attempts=env.integer("CONTEXTIQ_LLM_MAX_ATTEMPTS", 3, minimum=1),
         )
 
     def replace(self, **changes: Any) -> Settings:
@@ -233,7 +245,7 @@ class Settings:
             value = getattr(self, f.name)
             if value is None:
                 out[f.name] = None
-            elif f.name in ("jwt_secret", "bootstrap_api_key"):
+            elif f.name in ("jwt_secret", "bootstrap_api_key", "llm_api_key"):
                 out[f.name] = REDACTED
             elif f.name == "database_url":
                 out[f.name] = redact_url(value)
