@@ -12,6 +12,7 @@ import time
 
 BENCHMARKS = [
     "bench.gateway_overhead",
+    "bench.sessions_bench",
 ]
 
 

@@ -156,6 +156,12 @@ class Settings:
     """Deadline of one model call."""
     llm_max_attempts: int = 3
     """Model calls per step when the output is invalid (malformed JSON, unknown ids)."""
+    max_event_bytes: int = 1_048_576
+    """Largest serialized session event AppendEvent accepts."""
+    sessions_sweep_interval_s: float = 30.0
+    """Pause between two purges of expired sessions."""
+    sessions_stream_poll_s: float = 5.0
+    """How often an idle StreamEvents re-checks the database (a lost notification's bound)."""
 
     def __post_init__(self) -> None:
         # Normalising here (not only in from_env) means Settings(...) and replace(...) can never
@@ -221,6 +227,13 @@ class Settings:
             llm_api_key=env.optional("CONTEXTIQ_LLM_API_KEY"),
             llm_timeout_s=env.number("CONTEXTIQ_LLM_TIMEOUT_SECONDS", 60.0, minimum=0.1),
             llm_max_attempts=env.integer("CONTEXTIQ_LLM_MAX_ATTEMPTS", 3, minimum=1),
+            max_event_bytes=env.integer("CONTEXTIQ_MAX_EVENT_BYTES", 1_048_576, minimum=1024),
+            sessions_sweep_interval_s=env.number(
+                "CONTEXTIQ_SESSIONS_SWEEP_INTERVAL_SECONDS", 30.0, minimum=0.1
+            ),
+            sessions_stream_poll_s=env.number(
+                "CONTEXTIQ_SESSIONS_STREAM_POLL_SECONDS", 5.0, minimum=0.05
+            ),
         )
 
     def replace(self, **changes: Any) -> Settings:

@@ -123,15 +123,15 @@ def test_http_health_reports_every_component(stack: StackProcess) -> None:
 
 def test_unbuilt_rpc_says_unimplemented_not_fake_data(stack: StackProcess) -> None:
     reply = httpx.post(
-        f"{stack.http_base}/api/v1/memories/search",
-        json={"scope": {"user_id": "123"}, "search_query": "editor", "top_k": 5},
+        f"{stack.http_base}/api/v1/procedural/search",
+        json={"search_query": "book a flight", "top_k": 5},
         headers={"X-API-Key": BOOTSTRAP_KEY},
         timeout=10,
     )
     assert reply.status_code == 501
     error = reply.json()["error"]
     assert error["code"] == "UNIMPLEMENTED"
-    assert "MemoryService/SearchMemories" in error["message"]
+    assert "ProceduralService/SearchProcedural" in error["message"]
 
 
 async def test_postgres_and_nats_are_real_and_reachable(stack: StackProcess) -> None:
