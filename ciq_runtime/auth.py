@@ -181,17 +181,33 @@ class ApiKeyVerifier(Protocol):
 class JwtVerifier:
     """Verifies HS256 JWTs: signature, ``iss``, ``exp``, ``sub`` and ``org_id``."""
 
-    def __init__(self, *, secret: str, issuer: str, leeway_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        secret: str,
+        issuer: str,
+        leeway_s: float = 30.0,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         """Create the verifier.
 
         Args:
             secret: The shared HS256 secret (``CONTEXTIQ_JWT_SECRET``).
             issuer: The expected ``iss`` claim.
             leeway_s: Clock skew tolerated on ``exp`` / ``nbf``.
+            cache_size: Verified tokens remembered (an agent sends the same token on every
+                call; re-verifying the signature each time costs CPU on the hot path).
+            clock: Wall clock (tests pass a fake one).
         """
         self._secret = secret
         self._issuer = issuer
         self._leeway = leeway_s
+        self._cache_size = cache_size
+        self._clock = clock
+        # token -> (verified until, principal); a token is immutable, so until its expiry the
+        # answer cannot change.
+        self._cache: dict[str, tuple[float, Principal]] = {}
 
     def verify(self, token: str) -> Principal:
         """Return the token's principal.
@@ -199,6 +215,19 @@ class JwtVerifier:
         Raises:
             Unauthenticated: Bad signature, wrong issuer, expired, or missing claims.
         """
+        cached = self._cache.get(token)
+        if cached is not None:
+            if cached[0] > self._clock():
+                return cached[1]
+            del self._cache[token]
+        principal, expires = self._decode(token)
+        if len(self._cache) >= self._cache_size:
+            # Drop the oldest entry (dicts keep insertion order): bounded memory, no LRU cost.
+            del self._cache[next(iter(self._cache))]
+        self._cache[token] = (expires, principal)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, float]:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -226,12 +255,14 @@ class JwtVerifier:
             raise Unauthenticated(
                 "the token's permissions claim is not a list", reason="CREDENTIALS_INVALID"
             )
-        return Principal(
+        principal = Principal(
             tenant_id=tenant,
             subject=str(claims["sub"]),
             permissions=parse_permissions(str(p) for p in raw_permissions),
             kind="jwt",
         )
+        # Cached only up to the real expiry (no leeway) and never past nbf-style surprises.
+        return principal, float(claims["exp"])
 
 
 class RateLimiter:

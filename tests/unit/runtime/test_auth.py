@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import jwt
 import pytest
 
 from ciq_runtime.auth import (
@@ -153,3 +156,24 @@ def test_tenant_bucket_is_shared_by_the_tenants_keys() -> None:
     with pytest.raises(ResourceExhausted):
         limiter.check(Principal(tenant_id="t", subject="d", key_id="d"))
     limiter.check(Principal(tenant_id="other", subject="a", key_id="a"))
+
+
+def test_verified_tokens_are_cached_until_their_expiry() -> None:
+    verifier = JwtVerifier(secret=TEST_JWT_SECRET, issuer="contextiq", leeway_s=0)
+    token = make_jwt("acme", "SESSION_READ", ttl_s=1)
+    first = verifier.verify(token)
+    assert verifier.verify(token) is first  # served from the cache
+    # Past its exp (a known instant), the cache must not extend the token's life.
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    with pytest.raises(Unauthenticated) as info:
+        verifier.verify(token)
+    assert info.value.reason == "CREDENTIALS_EXPIRED"
+
+
+def test_token_cache_is_bounded() -> None:
+    verifier = JwtVerifier(secret=TEST_JWT_SECRET, issuer="contextiq", cache_size=3)
+    tokens = [make_jwt("acme", subject=f"user-{i}") for i in range(5)]
+    for token in tokens:
+        verifier.verify(token)
+    assert len(verifier._cache) == 3
