@@ -3,8 +3,10 @@ keys remotely through it, both with the real auth interceptor on the session's P
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import httpx
@@ -18,6 +20,7 @@ from gateway.app import create_app
 from gateway.server import GatewayServer
 from memory_svc.component import build_component as build_memory
 from sessions_svc.apikeys.component import build_apikeys
+from sessions_svc.component import build_component as build_sessions
 from tests.auth_helpers import TEST_JWT_SECRET
 
 
@@ -31,8 +34,12 @@ class AuthStack:
 
 
 def _settings(pg_url: str, **changes: object) -> Settings:
+    # Each stack gets its own data directory: the embedded vector index is a directory one
+    # process may open at a time, and tests must never touch ./.contextiq.
     base = Settings.from_env({}, service_name="test").replace(
-        database_url=pg_url, jwt_secret=TEST_JWT_SECRET
+        database_url=pg_url,
+        jwt_secret=TEST_JWT_SECRET,
+        data_dir=Path(tempfile.mkdtemp(prefix="ciq-auth-")),
     )
     return base.replace(**changes)
 
@@ -43,13 +50,14 @@ async def start_stack(
     """Start both servers and a gateway with some settings changed; the caller stops them."""
     settings = _settings(pg_url, **changes)
     keys = build_apikeys(settings)
+    sessions_components = [keys.component, build_sessions(settings)]
     sessions = GrpcServer(
         host="127.0.0.1",
         port=0,
-        components=[keys.component],
+        components=sessions_components,
         interceptors=default_interceptors(
             build_auth_interceptor(
-                settings, services=service_names([keys.component]), api_keys=keys.verifier
+                settings, services=service_names(sessions_components), api_keys=keys.verifier
             )
         ),
     )
@@ -66,7 +74,7 @@ async def start_stack(
     )
     memory_port = await memory.start()
     sessions_addr, memory_addr = f"127.0.0.1:{sessions_port}", f"127.0.0.1:{memory_port}"
-    upstreams = {"contextiq.auth.v1.ApiKeyService": sessions_addr}
+    upstreams = dict.fromkeys(service_names(sessions_components), sessions_addr)
     upstreams |= dict.fromkeys(service_names([memory_component]), memory_addr)
     upstreams.pop("contextiq.memory.v1.MemoryJobService")
     gateway = GatewayServer(
