@@ -22,13 +22,13 @@ from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ciq_runtime.errors import FailedPrecondition, InvalidArgument
+from ciq_runtime.topics import MANAGED_TOPIC_IDS, MANAGED_TOPICS
 from contextiq.memory.v1 import memory_pb2
 from memory_svc import models
 from memory_svc.embeddings import DEFAULT_MODEL, EmbedderRegistry
 
 __all__ = [
     "DEFAULT_BANK",
-    "MANAGED_TOPICS",
     "BankCache",
     "BankConfig",
     "bank_from_row",
@@ -42,35 +42,6 @@ _BANK_ID_RE: Final = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _TOPIC_ID_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
 _AUTHORS: Final = frozenset({"user", "agent", "tool", "system"})
 
-#: Vertex AI Memory Bank's managed topics.
-MANAGED_TOPICS: Final = (
-    memory_pb2.MemoryTopic(
-        id="USER_PERSONAL_INFO",
-        type="managed",
-        label="User personal info",
-        description="Significant personal information about the user: names, relationships, "
-        "hobbies, important dates.",
-    ),
-    memory_pb2.MemoryTopic(
-        id="USER_PREFERENCES",
-        type="managed",
-        label="User preferences",
-        description="Stated or implied likes, dislikes, preferred styles or patterns.",
-    ),
-    memory_pb2.MemoryTopic(
-        id="KEY_CONVERSATION_DETAILS",
-        type="managed",
-        label="Key conversation details",
-        description="Important milestones or conclusions within the conversation.",
-    ),
-    memory_pb2.MemoryTopic(
-        id="EXPLICIT_INSTRUCTIONS",
-        type="managed",
-        label="Explicit instructions",
-        description="Information the user explicitly asked to remember or to forget.",
-    ),
-)
-_MANAGED_IDS: Final = frozenset(topic.id for topic in MANAGED_TOPICS)
 
 #: MemoryBank fields stored in the ``config`` column.
 CONFIG_FIELDS: Final = (
@@ -271,15 +242,15 @@ def validate_bank(message: memory_pb2.MemoryBank, *, prefix: str, paths: set[str
             if topic.id in seen:
                 raise InvalidArgument(f"topic {topic.id!r} is listed twice", field=f"{where}.id")
             seen.add(topic.id)
-            kind = topic.type or ("managed" if topic.id in _MANAGED_IDS else "custom")
+            kind = topic.type or ("managed" if topic.id in MANAGED_TOPIC_IDS else "custom")
             if kind not in ("managed", "custom"):
                 raise InvalidArgument('type must be "managed" or "custom"', field=f"{where}.type")
-            if kind == "managed" and topic.id not in _MANAGED_IDS:
+            if kind == "managed" and topic.id not in MANAGED_TOPIC_IDS:
                 raise InvalidArgument(
-                    f"{topic.id!r} is not a managed topic ({', '.join(sorted(_MANAGED_IDS))})",
+                    f"{topic.id!r} is not a managed topic ({', '.join(sorted(MANAGED_TOPIC_IDS))})",
                     field=f"{where}.id",
                 )
-            if kind == "custom" and topic.id in _MANAGED_IDS:
+            if kind == "custom" and topic.id in MANAGED_TOPIC_IDS:
                 raise InvalidArgument(f"{topic.id!r} is a managed topic id", field=f"{where}.id")
             if kind == "custom" and not (topic.label.strip() and topic.description.strip()):
                 raise InvalidArgument(
