@@ -15,6 +15,8 @@ from ciq_runtime.principal import Principal, current_principal
 from contextiq.auth.v1 import api_key_service_pb2 as pb
 from contextiq.auth.v1 import api_key_service_pb2_grpc
 from sessions_svc.apikeys.repository import ApiKeyRepository, ApiKeyRow
+from sessions_svc.convert import to_timestamp
+from sessions_svc.validation import parse_uuid
 
 __all__ = ["ApiKeyServicer", "LocalApiKeyVerifier"]
 
@@ -23,11 +25,7 @@ _PREFIX_CHARS = 8  # "ck_" + 5 characters: enough to recognise a key, useless to
 
 
 def _timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    return None if value is None else to_timestamp(value)
 
 
 def _to_proto(row: ApiKeyRow) -> pb.ApiKey:
@@ -45,10 +43,7 @@ def _to_proto(row: ApiKeyRow) -> pb.ApiKey:
 
 
 def _key_id(raw: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise InvalidArgument("id must be an API key id (a UUID)", field="id") from None
+    return parse_uuid(raw, field="id", what="API key id")
 
 
 def _principal_of(row: ApiKeyRow) -> Principal:
