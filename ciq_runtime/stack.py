@@ -31,7 +31,7 @@ from ciq_runtime.server import (
 from ciq_runtime.service_main import fail, service_names
 from ciq_runtime.settings import ConfigError, Settings
 
-__all__ = ["COMPONENT_BUILDERS", "main", "prepare_data_dir"]
+__all__ = ["check_ports_free", "main", "prepare_data_dir"]
 
 log = logging.getLogger("contextiq.stack")
 
@@ -48,20 +48,6 @@ def _builders() -> list[tuple[str, Callable[[Settings], Component]]]:
         ("memory", build_memory),
         ("extraction", build_extraction),
     ]
-
-
-COMPONENT_BUILDERS = _builders
-
-#: Services the gateway routes to (the internal MemoryJobService has no REST bindings).
-GATEWAY_SERVICES = (
-    "contextiq.auth.v1.ApiKeyService",
-    "contextiq.sessions.v1.SessionService",
-    "contextiq.memory.v1.MemoryService",
-    "contextiq.memory.v1.MemoryBankService",
-    "contextiq.procedural.v1.ProceduralService",
-    "contextiq.extraction.v1.ExtractionService",
-    "google.longrunning.Operations",
-)
 
 
 def prepare_data_dir(path: Path) -> Path:
@@ -131,6 +117,7 @@ def check_ports_free(settings: Settings) -> None:
 async def _run(settings: Settings, stop: asyncio.Event) -> None:
     from gateway.app import create_app
     from gateway.server import serve
+    from gateway.settings import DEFAULT_SERVICES
 
     data_dir = prepare_data_dir(settings.data_dir)
     check_ports_free(settings)
@@ -159,7 +146,7 @@ async def _run(settings: Settings, stop: asyncio.Event) -> None:
         from sessions_svc.apikeys.component import build_apikeys
 
         keys = build_apikeys(settings)
-        components = [keys.component] + [build(settings) for _, build in COMPONENT_BUILDERS()]
+        components = [keys.component] + [build(settings) for _, build in _builders()]
         auth = build_auth_interceptor(
             settings, services=service_names(components), api_keys=keys.verifier
         )
@@ -174,9 +161,10 @@ async def _run(settings: Settings, stop: asyncio.Event) -> None:
         grpc_port = await server.start()
         upstream = f"{settings.grpc_host}:{grpc_port}"
 
+        # Every REST-exposed service is on this one port (MemoryJobService is internal).
         app = create_app(
-            routes_from=GATEWAY_SERVICES,
-            upstreams=dict.fromkeys(GATEWAY_SERVICES, upstream),
+            routes_from=DEFAULT_SERVICES,
+            upstreams=dict.fromkeys(DEFAULT_SERVICES, upstream),
             health_names=dict.fromkeys(server.health_names, upstream),
         )
         gw = await serve(app, host=settings.http_host, port=settings.http_port)
