@@ -77,10 +77,6 @@ EXEMPT_SERVICES = frozenset(
 #: ``ck_`` followed by at least 20 URL-safe characters.
 API_KEY_PATTERN = re.compile(r"^ck_[A-Za-z0-9_-]{20,200}$")
 
-# google.longrunning.Operations is vendored and cannot carry our option: any authenticated
-# caller may use it, and the handlers confine it to the caller's tenant.
-_BUILTIN_RULES: Mapping[str, MethodRule]
-
 
 @dataclass(frozen=True, slots=True)
 class MethodRule:
@@ -95,7 +91,9 @@ class MethodRule:
     public: bool = False
 
 
-_BUILTIN_RULES = {"google.longrunning.Operations": MethodRule()}
+# google.longrunning.Operations is vendored and cannot carry our option: any authenticated
+# caller may use it, and the handlers confine it to the caller's tenant.
+_BUILTIN_RULES: Mapping[str, MethodRule] = {"google.longrunning.Operations": MethodRule()}
 
 
 def parse_permissions(names: Iterable[str], *, field: str | None = None) -> frozenset[Permission]:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ciq_runtime.errors import FailedPrecondition, Unavailable
+from ciq_runtime.litellm_loader import import_litellm
 from contextiq.common.v1 import common_pb2
 
 __all__ = ["LlmClient", "OutputInvalidError", "Usage"]
@@ -73,16 +73,6 @@ class Result(Generic[_T]):
     usage: Usage = field(default_factory=Usage)
 
 
-def _litellm() -> Any:
-    # LiteLLM fetches a remote price table at import unless told to use its bundled copy; with
-    # no network that costs seconds of retries. Imported lazily: it takes seconds to load.
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
-
-    litellm.suppress_debug_info = True
-    return litellm
-
-
 class LlmClient:
     """Makes validated structured calls to any LiteLLM model."""
 
@@ -117,7 +107,7 @@ class LlmClient:
     def warm_up(self) -> None:
         """Import LiteLLM now (seconds), so the first request does not pay for it."""
         if self._module is None:
-            self._module = _litellm()
+            self._module = import_litellm()
 
     async def complete_json(
         self,

@@ -16,9 +16,7 @@ of 32 short facts several times faster than 32 single calls.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
-import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -29,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ciq_runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
+from ciq_runtime.litellm_loader import import_litellm
 from memory_svc.embedding_data import MINILM_TOKENIZER
 
 __all__ = [
@@ -277,10 +276,8 @@ class LiteLLMEmbedder:
 
 
 async def _litellm() -> Any:
-    # LiteLLM fetches a price table from the internet at import unless told not to, and its
-    # import takes seconds: it runs in a thread so the event loop keeps serving meanwhile.
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    return await asyncio.to_thread(importlib.import_module, "litellm")
+    # The import takes seconds: it runs in a thread so the event loop keeps serving meanwhile.
+    return await asyncio.to_thread(import_litellm)
 
 
 def _get(item: Any, key: str) -> Any:
