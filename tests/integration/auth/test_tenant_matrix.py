@@ -9,6 +9,7 @@ import pytest
 from contextiq.auth.v1 import api_key_service_pb2 as pb
 from contextiq.auth.v1 import api_key_service_pb2_grpc
 from tests.auth_helpers import bearer, bearer_headers
+from tests.integration.auth.conftest import AuthStack
 from tests.tenant_matrix import LEAK, Case, Metadata
 
 
@@ -49,10 +50,7 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-async def foreign_key_id(auth_stack: object) -> str:
-    from tests.integration.auth.conftest import AuthStack
-
-    assert isinstance(auth_stack, AuthStack)
+async def foreign_key_id(auth_stack: AuthStack) -> str:
     async with grpc.aio.insecure_channel(auth_stack.sessions) as channel:
         created = await _stub(channel).CreateApiKey(
             pb.CreateApiKeyRequest(display_name="a's key", permissions=["MEMORY_READ"]),
