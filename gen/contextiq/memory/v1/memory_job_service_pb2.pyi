@@ -9,6 +9,7 @@ from contextiq.memory.v1 import generation_pb2 as _generation_pb2
 from contextiq.memory.v1 import memory_pb2 as _memory_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
@@ -204,6 +205,7 @@ class ApplyGenerationRequest(_message.Message):
     CONFIG_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     WATERMARK_EVENT_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_WATERMARK_EVENT_ID_FIELD_NUMBER: _builtins.int
     operation_name: _builtins.str
     """The operation the actions belong to; the idempotency key."""
     tenant_id: _builtins.str
@@ -214,6 +216,12 @@ class ApplyGenerationRequest(_message.Message):
     """Source session of the generation."""
     watermark_event_id: _builtins.str
     """Newest processed event of the source session (advances its watermark)."""
+    expected_watermark_event_id: _builtins.str
+    """The watermark the job read before extracting (compare-and-set): when the session's
+    watermark moved since, the call fails with ABORTED and applies nothing, so that two
+    concurrent generations never extract the same events twice. Only checked when
+    watermark_event_id is set; empty means "no watermark yet".
+    """
     @_builtins.property
     def scope(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The scope of the memories."""
@@ -247,14 +255,107 @@ class ApplyGenerationRequest(_message.Message):
         config: _generation_pb2.GenerationConfig | None = ...,
         usage: _common_pb2.TokenUsage | None = ...,
         watermark_event_id: _builtins.str = ...,
+        expected_watermark_event_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "bank_id", b"bank_id", "config", b"config", "extracted_facts", b"extracted_facts", "operation_name", b"operation_name", "scope", b"scope", "source_session_id", b"source_session_id", "tenant_id", b"tenant_id", "usage", b"usage", "watermark_event_id", b"watermark_event_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "bank_id", b"bank_id", "config", b"config", "expected_watermark_event_id", b"expected_watermark_event_id", "extracted_facts", b"extracted_facts", "operation_name", b"operation_name", "scope", b"scope", "source_session_id", b"source_session_id", "tenant_id", b"tenant_id", "usage", b"usage", "watermark_event_id", b"watermark_event_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApplyGenerationRequest: _TypeAlias = ApplyGenerationRequest  # noqa: Y015
+
+@_typing.final
+class GetGenerationWatermarkRequest(_message.Message):
+    """Request of GetGenerationWatermark."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ScopeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    BANK_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    bank_id: _builtins.str
+    """The bank; "default" when empty."""
+    session_id: _builtins.str
+    """The source session."""
+    @_builtins.property
+    def scope(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The scope of the generated memories."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        bank_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        scope: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank_id", b"bank_id", "scope", b"scope", "session_id", b"session_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGenerationWatermarkRequest: _TypeAlias = GetGenerationWatermarkRequest  # noqa: Y015
+
+@_typing.final
+class GenerationWatermark(_message.Message):
+    """The newest event of a session an applied generation of a scope has processed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    OPERATION_NAME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The source session."""
+    event_id: _builtins.str
+    """The newest processed event; empty when none yet."""
+    operation_name: _builtins.str
+    """The operation that last advanced it."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When it last advanced."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        operation_name: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "operation_name", b"operation_name", "session_id", b"session_id", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerationWatermark: _TypeAlias = GenerationWatermark  # noqa: Y015
 
 @_typing.final
 class ReportOperationProgressRequest(_message.Message):

@@ -54,6 +54,11 @@ class MemoryJobServiceStub:
                 request_serializer=contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.ApplyGenerationRequest.SerializeToString,
                 response_deserializer=contextiq_dot_memory_dot_v1_dot_generation__pb2.GenerateMemoriesResponse.FromString,
                 _registered_method=True)
+        self.GetGenerationWatermark = channel.unary_unary(
+                '/contextiq.memory.v1.MemoryJobService/GetGenerationWatermark',
+                request_serializer=contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.GetGenerationWatermarkRequest.SerializeToString,
+                response_deserializer=contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.GenerationWatermark.FromString,
+                _registered_method=True)
         self.ReportOperationProgress = channel.unary_unary(
                 '/contextiq.memory.v1.MemoryJobService/ReportOperationProgress',
                 request_serializer=contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.ReportOperationProgressRequest.SerializeToString,
@@ -90,6 +95,14 @@ class MemoryJobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetGenerationWatermark(self, request, context):
+        """Gets the generation watermark of a session: the newest event an applied generation of
+        the scope has processed. Empty when no generation has been applied yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportOperationProgress(self, request, context):
         """Records progress of an operation (state, counts, usage), or its end (response or error).
         """
@@ -114,6 +127,11 @@ def add_MemoryJobServiceServicer_to_server(servicer, server):
                     servicer.ApplyGeneration,
                     request_deserializer=contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.ApplyGenerationRequest.FromString,
                     response_serializer=contextiq_dot_memory_dot_v1_dot_generation__pb2.GenerateMemoriesResponse.SerializeToString,
+            ),
+            'GetGenerationWatermark': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGenerationWatermark,
+                    request_deserializer=contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.GetGenerationWatermarkRequest.FromString,
+                    response_serializer=contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.GenerationWatermark.SerializeToString,
             ),
             'ReportOperationProgress': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportOperationProgress,
@@ -204,6 +222,33 @@ class MemoryJobService:
             '/contextiq.memory.v1.MemoryJobService/ApplyGeneration',
             contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.ApplyGenerationRequest.SerializeToString,
             contextiq_dot_memory_dot_v1_dot_generation__pb2.GenerateMemoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGenerationWatermark(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contextiq.memory.v1.MemoryJobService/GetGenerationWatermark',
+            contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.GetGenerationWatermarkRequest.SerializeToString,
+            contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.GenerationWatermark.FromString,
             options,
             channel_credentials,
             insecure,

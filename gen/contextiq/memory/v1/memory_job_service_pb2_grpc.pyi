@@ -50,6 +50,10 @@ class MemoryJobServiceStub:
     """Applies validated consolidation actions in one transaction, keyed by the operation: a
     second call for the same operation changes nothing and returns the first result.
     """
+    GetGenerationWatermark: _grpc.UnaryUnaryMultiCallable[_memory_job_service_pb2.GetGenerationWatermarkRequest, _memory_job_service_pb2.GenerationWatermark]
+    """Gets the generation watermark of a session: the newest event an applied generation of
+    the scope has processed. Empty when no generation has been applied yet.
+    """
     ReportOperationProgress: _grpc.UnaryUnaryMultiCallable[_memory_job_service_pb2.ReportOperationProgressRequest, _operations_pb2.Operation]
     """Records progress of an operation (state, counts, usage), or its end (response or error)."""
 
@@ -71,6 +75,10 @@ class MemoryJobServiceAsyncStub(MemoryJobServiceStub):
     ApplyGeneration: _aio.UnaryUnaryMultiCallable[_memory_job_service_pb2.ApplyGenerationRequest, _generation_pb2.GenerateMemoriesResponse]  # type: ignore[assignment]
     """Applies validated consolidation actions in one transaction, keyed by the operation: a
     second call for the same operation changes nothing and returns the first result.
+    """
+    GetGenerationWatermark: _aio.UnaryUnaryMultiCallable[_memory_job_service_pb2.GetGenerationWatermarkRequest, _memory_job_service_pb2.GenerationWatermark]  # type: ignore[assignment]
+    """Gets the generation watermark of a session: the newest event an applied generation of
+    the scope has processed. Empty when no generation has been applied yet.
     """
     ReportOperationProgress: _aio.UnaryUnaryMultiCallable[_memory_job_service_pb2.ReportOperationProgressRequest, _operations_pb2.Operation]  # type: ignore[assignment]
     """Records progress of an operation (state, counts, usage), or its end (response or error)."""
@@ -108,6 +116,16 @@ class MemoryJobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_generation_pb2.GenerateMemoriesResponse, _abc.Awaitable[_generation_pb2.GenerateMemoriesResponse]]:
         """Applies validated consolidation actions in one transaction, keyed by the operation: a
         second call for the same operation changes nothing and returns the first result.
+        """
+
+    @_abc_1.abstractmethod
+    def GetGenerationWatermark(
+        self,
+        request: _memory_job_service_pb2.GetGenerationWatermarkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_job_service_pb2.GenerationWatermark, _abc.Awaitable[_memory_job_service_pb2.GenerationWatermark]]:
+        """Gets the generation watermark of a session: the newest event an applied generation of
+        the scope has processed. Empty when no generation has been applied yet.
         """
 
     @_abc_1.abstractmethod

@@ -396,6 +396,7 @@ class ListEventsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     ORDER_BY_FIELD_NUMBER: _builtins.int
+    AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session."""
     page_size: _builtins.int
@@ -406,6 +407,10 @@ class ListEventsRequest(_message.Message):
     """AIP-160 filter over author, agent_name, branch, invocation_id and timestamp."""
     order_by: _builtins.str
     """"sequence asc" (default) or "sequence desc"; "timestamp" is accepted as a synonym."""
+    after_event_id: _builtins.str
+    """Only events after this one in the session's order (ascending order only): how a reader
+    resumes from the last event it processed. Unknown id: NOT_FOUND.
+    """
     def __init__(
         self,
         *,
@@ -414,10 +419,11 @@ class ListEventsRequest(_message.Message):
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
         order_by: _builtins.str = ...,
+        after_event_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_event_id", b"after_event_id", "filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
