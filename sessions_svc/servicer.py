@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Final
 
-from ciq_runtime.errors import InvalidArgument
+from ciq_runtime.errors import InvalidArgument, NotFound
 from ciq_runtime.pagination import encode_page_token, page_request
 from ciq_runtime.principal import current_principal
 from contextiq.sessions.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
@@ -185,19 +185,35 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         session_id = validation.parse_uuid(request.session_id, field="session_id")
         descending = _order(request.order_by, _EVENT_ORDERS)
         params = {"session_id": str(session_id), "filter": request.filter, "desc": descending}
+        after_event: uuid.UUID | None = None
+        if request.after_event_id:
+            if descending:
+                raise InvalidArgument(
+                    "after_event_id resumes in ascending order only: drop order_by or use "
+                    "'sequence asc'",
+                    field="after_event_id",
+                )
+            after_event = validation.parse_uuid(request.after_event_id, field="after_event_id")
+            # A token of one resume point must not be replayed against another.
+            params["after_event_id"] = str(after_event)
         page = page_request(
             page_size=request.page_size,
             page_token=request.page_token,
             params=params,
             default_size=100,
         )
+        after = _after(page.after, 1)
+        if after_event is not None and after is None:
+            # The first page starts after the event; later pages resume from their token,
+            # which already lies past it.
+            after = [await self._event_position(tenant_id, session_id, after_event)]
         result = await self._backend.repo.list_events(
             tenant_id=tenant_id,
             session_id=session_id,
             filter_text=request.filter,
             descending=descending,
             size=page.size,
-            after=_after(page.after, 1),
+            after=after,
         )
         response = session_service_pb2.ListEventsResponse(events=result.events)
         if result.next_after is not None:
@@ -205,6 +221,18 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 last_sort_key=result.next_after, params=params
             )
         return response
+
+    async def _event_position(
+        self, tenant_id: str, session_id: uuid.UUID, event_id: uuid.UUID
+    ) -> int:
+        # The session first: an unknown session is "session not found", not "event not found".
+        await self._backend.repo.check_visible(tenant_id=tenant_id, session_id=session_id)
+        sequence = await self._backend.repo.event_sequence(
+            tenant_id=tenant_id, session_id=session_id, event_id=event_id
+        )
+        if sequence is None:
+            raise NotFound(f"event {event_id} not found in session {session_id}")
+        return sequence
 
     async def StreamEvents(
         self, request: session_service_pb2.StreamEventsRequest, context: Any
