@@ -31,6 +31,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
+from ciq_runtime import telemetry
 from ciq_runtime.errors import Unavailable
 from ciq_runtime.settings import redact_url
 
@@ -279,7 +280,9 @@ async def publish_proto(
         message: The payload.
         msg_id: De-duplication id (``Nats-Msg-Id``), e.g. the operation id: a retried publish
             of the same job inside the stream's duplicate window is stored once.
-        headers: Extra headers (trace context, ...); ``msg_id`` wins over a ``Nats-Msg-Id`` here.
+        headers: Extra headers; ``msg_id`` wins over a ``Nats-Msg-Id`` here. A ``traceparent``
+            here (saved with :func:`ciq_runtime.telemetry.inject` when the job was accepted)
+            makes the publish span part of that trace; else the current trace is used.
         timeout: Seconds to wait for the acknowledgement.
 
     Returns:
@@ -294,9 +297,12 @@ async def publish_proto(
         MESSAGE_TYPE_HEADER: message.DESCRIPTOR.full_name,
         MSG_ID_HEADER: msg_id,
     }
-    return await js.publish(
-        subject, message.SerializeToString(), timeout=timeout, headers=all_headers
-    )
+    # A PRODUCER span, child of the trace in ``headers`` (an outbox row) or of the current one;
+    # its context replaces any traceparent in the headers, so the consumer continues the trace.
+    with telemetry.publish_span(subject, all_headers, msg_id=msg_id):
+        return await js.publish(
+            subject, message.SerializeToString(), timeout=timeout, headers=all_headers
+        )
 
 
 def decode_proto(msg: Msg, cls: type[_M]) -> _M:
