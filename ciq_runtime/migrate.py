@@ -37,6 +37,7 @@ MODELS_MODULES: Final = (
     "sessions_svc.models",
     "sessions_svc.apikeys.models",
     "memory_svc.models",
+    "memory_svc.procedural.models",
     "extraction_svc.models",
 )
 

@@ -22,7 +22,7 @@ from ciq_runtime.migrate import MigrationTarget, targets
 
 REPO = Path(__file__).resolve().parents[3]
 # Every schema the services own, whatever order MODELS_MODULES lists them in.
-EXPECTED_SCHEMAS = {"sessions", "auth", "memory", "extraction"}
+EXPECTED_SCHEMAS = {"sessions", "auth", "memory", "procedural", "extraction"}
 
 pytestmark = pytest.mark.timeout(180)
 
