@@ -23,16 +23,18 @@ from memory_svc import models
 from memory_svc.backend import Backend
 from memory_svc.banks import BankCache, default_bank
 from memory_svc.embeddings import DEFAULT_MODEL, Embedder, EmbedderRegistry, LocalOnnxEmbedder
+from memory_svc.generation import jobs_stream
+from memory_svc.generation.servicer import Generation
 from memory_svc.index.protocol import VectorIndex
 from memory_svc.indexing import IndexSync, run_every
 from memory_svc.keyword import KeywordEncoder
+from memory_svc.procedural.component import ProceduralParts, build_procedural
 from memory_svc.reindex import Reindexer
 from memory_svc.servicer import (
     MemoryBankServicer,
     MemoryJobServicer,
     MemoryServicer,
     OperationsServicer,
-    ProceduralServicer,
 )
 from memory_svc.sweeper import sweep_expired
 
@@ -53,6 +55,8 @@ class MemoryParts:
         reindexer: Runs reindex operations.
         index: The vector index.
         tasks: Background loops, running between start and stop.
+        generation: Memory generation (acceptor, applier, outbox relay, waiters).
+        procedural: Procedural memory (store, search, candidates, index writer).
     """
 
     component: Component
@@ -60,6 +64,8 @@ class MemoryParts:
     reindexer: Reindexer
     index: VectorIndex
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    generation: Generation | None = None
+    procedural: ProceduralParts | None = None
 
 
 def _make_index(settings: Settings, index_path: Path | None, qdrant_url: str | None) -> VectorIndex:
@@ -86,6 +92,7 @@ def build_memory(
     repair_after_s: float = 10.0,
     optimize_interval_s: float = 5.0,
     bank_cache_s: float = 5.0,
+    relay_sweep_s: float = 2.0,
 ) -> MemoryParts:
     """Build the memory component with every knob exposed.
 
@@ -104,6 +111,8 @@ def build_memory(
             write (younger ones belong to writes in flight).
         optimize_interval_s: Pause between index optimisations (HNSW builds) after writes.
         bank_cache_s: How long a bank configuration read is reused.
+        relay_sweep_s: Pause between sweeps of the generation outbox (jobs are normally
+            published right after their commit; the sweep catches leftovers).
 
     Returns:
         The parts; ``parts.component`` goes to the server.
@@ -134,11 +143,19 @@ def build_memory(
         ),
     )
     reindexer = Reindexer(backend)
+    procedural = build_procedural(
+        settings, backend, repair_interval_s=repair_interval_s, repair_after_s=repair_after_s
+    )
+    generation, generation_tasks, generation_health, generation_stop = jobs_stream.build(
+        settings, backend, engine=lambda: db.engine, relay_sweep_s=relay_sweep_s
+    )
     parts = MemoryParts(
         component=Component(name="memory", services=[]),
         backend=backend,
         reindexer=reindexer,
         index=vector_index,
+        generation=generation,
+        procedural=procedural,
     )
 
     async def flush_and_repair() -> None:
@@ -158,7 +175,9 @@ def build_memory(
             await embedder.warm_up()
         await backend.sync.repair()
         await reindexer.resume()
+        await procedural.start()
         parts.tasks = [
+            *generation_tasks(),
             asyncio.create_task(run_every(1.0, flush_and_repair, name="index flag flush")),
             asyncio.create_task(run_every(repair_interval_s, repair, name="index repair")),
             asyncio.create_task(run_every(sweep_interval_s, sweep, name="TTL sweep")),
@@ -174,7 +193,9 @@ def build_memory(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         parts.tasks = []
+        await generation_stop()
         await reindexer.stop()
+        await procedural.stop()
         with contextlib.suppress(Exception):
             await backend.sync.flush_clean()
         await vector_index.close()
@@ -185,8 +206,7 @@ def build_memory(
         services=[
             service_spec(
                 "contextiq.memory.v1.MemoryService",
-                # GenerateMemories and WatchOperation answer UNIMPLEMENTED (later issues).
-                MemoryServicer(backend, reindexer),  # type: ignore[abstract]
+                MemoryServicer(backend, reindexer, generation),
                 memory_service_pb2_grpc.add_MemoryServiceServicer_to_server,
             ),
             service_spec(
@@ -196,23 +216,23 @@ def build_memory(
             ),
             service_spec(
                 "contextiq.memory.v1.MemoryJobService",
-                MemoryJobServicer(),  # type: ignore[abstract]  # base answers UNIMPLEMENTED
+                MemoryJobServicer(backend, generation),
                 memory_job_service_pb2_grpc.add_MemoryJobServiceServicer_to_server,
             ),
             service_spec(
                 "contextiq.procedural.v1.ProceduralService",
-                ProceduralServicer(),  # type: ignore[abstract]  # base answers UNIMPLEMENTED
+                procedural.servicer,
                 procedural_service_pb2_grpc.add_ProceduralServiceServicer_to_server,
             ),
             service_spec(
                 "google.longrunning.Operations",
-                OperationsServicer(backend),
+                OperationsServicer(backend, generation),
                 operations_pb2_grpc.add_OperationsServicer_to_server,
             ),
         ],
         on_start=on_start,
         on_stop=on_stop,
-        health_checks={"postgres": db.ping},
+        health_checks={"postgres": db.ping, **generation_health},
     )
     return parts
 

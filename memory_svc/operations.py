@@ -5,6 +5,10 @@ its ``google.rpc.Status``. Names are ``operations/<uuid>``; reads are confined t
 caller's tenant, and another tenant's operation is NOT_FOUND like a missing one. The table
 carries what the generation issue needs on top (request, request_id, attempt,
 cancel_requested, version for watchers).
+
+Every change bumps ``version`` and sends ``NOTIFY memory_operations, '<name>'`` in its
+transaction (delivered on commit), so waiters and watchers in any replica wake at once
+(:class:`memory_svc.generation.lifecycle.OperationWaiter`).
 """
 
 from __future__ import annotations
@@ -17,18 +21,21 @@ from google.longrunning import operations_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import status_pb2
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ciq_runtime.errors import InvalidArgument, NotFound
+from ciq_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from ciq_runtime.filtering import FilterField, ValueKind, compile_filter
 from ciq_runtime.pagination import encode_page_token, page_request
 from memory_svc import models
 
-__all__ = ["OperationStore", "pack"]
+__all__ = ["OPERATIONS_CHANNEL", "OperationStore", "pack", "to_proto"]
 
 o = models.operations
 _PREFIX: Final = "operations/"
+#: Postgres NOTIFY channel carrying the name of every operation that changed.
+OPERATIONS_CHANNEL: Final = "memory_operations"
 
 
 def pack(message: Message) -> bytes:
@@ -38,7 +45,8 @@ def pack(message: Message) -> bytes:
     return packed.SerializeToString()
 
 
-def _to_proto(row: Any) -> operations_pb2.Operation:
+def to_proto(row: Any) -> operations_pb2.Operation:
+    """The Operation message of an ``operations`` row."""
     operation = operations_pb2.Operation(name=row.name, done=row.done)
     if row.metadata is not None:
         operation.metadata.ParseFromString(row.metadata)
@@ -96,7 +104,7 @@ class OperationStore:
                 .returning(o)
             )
         ).one()
-        return _to_proto(row)
+        return to_proto(row)
 
     @staticmethod
     async def get(session: AsyncSession, *, tenant_id: str, name: str) -> operations_pb2.Operation:
@@ -111,7 +119,7 @@ class OperationStore:
         ).one_or_none()
         if row is None:
             raise NotFound(f"operation {name!r} not found")
-        return _to_proto(row)
+        return to_proto(row)
 
     @staticmethod
     async def list_operations(
@@ -139,7 +147,7 @@ class OperationStore:
             )
         ).all()
         response = operations_pb2.ListOperationsResponse(
-            operations=[_to_proto(row) for row in rows[: page.size]]
+            operations=[to_proto(row) for row in rows[: page.size]]
         )
         if len(rows) > page.size:
             last = rows[page.size - 1]
@@ -147,6 +155,122 @@ class OperationStore:
                 last_sort_key=[last.created_at.isoformat(), last.name], params=params
             )
         return response
+
+    @staticmethod
+    async def create_once(
+        session: AsyncSession,
+        *,
+        tenant_id: str,
+        kind: str,
+        bank_id: str,
+        metadata: Message,
+        request: Message,
+        request_id: str | None,
+        now: datetime,
+        attempt: int = 0,
+    ) -> tuple[operations_pb2.Operation, bool]:
+        """Insert an operation unless the tenant already has one with ``request_id``.
+
+        Concurrent retries with the same key are serialised by the unique index: the loser
+        waits for the winner's commit and then gets the winner's operation.
+
+        Returns:
+            The operation and whether this call inserted it.
+        """
+        name = f"{_PREFIX}{uuid.uuid4()}"
+        values = {
+            "name": name,
+            "tenant_id": tenant_id,
+            "kind": kind,
+            "bank_id": bank_id,
+            "done": False,
+            "metadata": pack(metadata),
+            "request": request.SerializeToString(),
+            "request_id": request_id,
+            "attempt": attempt,
+            "created_at": now,
+            "updated_at": now,
+        }
+        statement = pg_insert(o).values(**values)
+        if request_id is not None:
+            statement = statement.on_conflict_do_nothing(
+                index_elements=[o.c.tenant_id, o.c.request_id],
+                index_where=o.c.request_id.is_not(None),
+            )
+        row = (await session.execute(statement.returning(o))).one_or_none()
+        if row is not None:
+            return to_proto(row), True
+        existing = (
+            await session.execute(
+                select(o).where(o.c.tenant_id == tenant_id, o.c.request_id == request_id)
+            )
+        ).one()
+        return to_proto(existing), False
+
+    @staticmethod
+    async def find_by_request_id(
+        session: AsyncSession, *, tenant_id: str, request_id: str
+    ) -> operations_pb2.Operation | None:
+        """The tenant's operation created with this idempotency key."""
+        row = (
+            await session.execute(
+                select(o).where(o.c.tenant_id == tenant_id, o.c.request_id == request_id)
+            )
+        ).one_or_none()
+        return None if row is None else to_proto(row)
+
+    @staticmethod
+    async def row(session: AsyncSession, *, tenant_id: str, name: str, lock: bool = False) -> Any:
+        """The tenant's operation row (locked ``FOR UPDATE`` when ``lock``).
+
+        Raises:
+            NotFound: Missing, malformed, or another tenant's.
+        """
+        parse_name(name)
+        statement = select(o).where(o.c.tenant_id == tenant_id, o.c.name == name)
+        if lock:
+            statement = statement.with_for_update()
+        row = (await session.execute(statement)).one_or_none()
+        if row is None:
+            raise NotFound(f"operation {name!r} not found")
+        return row
+
+    @staticmethod
+    async def notify(session: AsyncSession, name: str) -> None:
+        """Tell waiters and watchers (after commit) that the operation changed."""
+        await session.execute(select(func.pg_notify(OPERATIONS_CHANNEL, name)))
+
+    @staticmethod
+    async def update_row(session: AsyncSession, *, name: str, values: dict[str, Any]) -> Any:
+        """Apply ``values`` to an operation, bump its version, notify; returns the new row."""
+        row = (
+            await session.execute(
+                update(o)
+                .where(o.c.name == name)
+                .values(**values, version=o.c.version + 1)
+                .returning(o)
+            )
+        ).one()
+        await OperationStore.notify(session, name)
+        return row
+
+    @staticmethod
+    async def delete_done(session: AsyncSession, *, tenant_id: str, name: str) -> None:
+        """Delete a finished operation of the tenant.
+
+        Raises:
+            NotFound: Missing or another tenant's.
+            FailedPrecondition: Still running.
+        """
+        row = await OperationStore.row(session, tenant_id=tenant_id, name=name, lock=True)
+        if not row.done:
+            raise FailedPrecondition(
+                f"operation {name!r} is still running; cancel it (CancelOperation) or wait "
+                "for it to finish before deleting it",
+                reason="OPERATION_RUNNING",
+            )
+        await session.execute(delete(o).where(o.c.name == name))
+        await OperationStore.notify(session, name)
 
     @staticmethod
     async def progress(
@@ -158,6 +282,7 @@ class OperationStore:
             .where(o.c.name == name)
             .values(metadata=pack(metadata), updated_at=now, version=o.c.version + 1)
         )
+        await OperationStore.notify(session, name)
 
     @staticmethod
     async def finish(
@@ -178,6 +303,7 @@ class OperationStore:
         if error is not None:
             values["error"] = error.SerializeToString()
         await session.execute(update(o).where(o.c.name == name).values(**values))
+        await OperationStore.notify(session, name)
 
     @staticmethod
     async def unfinished(session: AsyncSession, *, kind: str) -> list[Any]:

@@ -5,12 +5,14 @@ the request to the operations of :mod:`memory_svc.memories`, :mod:`memory_svc.se
 :mod:`memory_svc.bank_ops` or :mod:`memory_svc.reindex`. Errors are domain exceptions; the
 error interceptor turns them into statuses.
 
-RPCs of later issues (GenerateMemories, WatchOperation, MemoryJobService, ProceduralService,
-and CancelOperation / DeleteOperation / WaitOperation) answer UNIMPLEMENTED, naming themselves.
+Memory generation (GenerateMemories, WatchOperation, MemoryJobService and the Operations
+methods beyond get / list) lives in :mod:`memory_svc.generation`. RPCs of later issues answer
+UNIMPLEMENTED, naming themselves.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from google.longrunning import operations_pb2, operations_pb2_grpc, operations_proto_pb2
@@ -19,17 +21,17 @@ from google.protobuf import empty_pb2
 from ciq_runtime.principal import current_principal
 from ciq_runtime.unimplemented import answer_unimplemented
 from contextiq.memory.v1 import (
-    memory_job_service_pb2,
-    memory_job_service_pb2_grpc,
+    generation_pb2,
     memory_pb2,
     memory_service_pb2,
     memory_service_pb2_grpc,
 )
-from contextiq.procedural.v1 import procedural_service_pb2, procedural_service_pb2_grpc
 from memory_svc.backend import Backend
 from memory_svc.bank_ops import BankOps
+from memory_svc.generation.servicer import Generation, MemoryJobServicer
 from memory_svc.memories import MemoryOps
 from memory_svc.operations import OperationStore
+from memory_svc.procedural.servicer import ProceduralServicer
 from memory_svc.reindex import Reindexer
 from memory_svc.search import Searcher
 
@@ -53,11 +55,25 @@ def _tenant() -> str:
 class MemoryServicer(memory_service_pb2_grpc.MemoryServiceServicer):
     """MemoryService: memories, revisions, search and reindex."""
 
-    def __init__(self, backend: Backend, reindexer: Reindexer) -> None:
+    def __init__(self, backend: Backend, reindexer: Reindexer, generation: Generation) -> None:
         """Bind to the service's resources."""
         self._memories = MemoryOps(backend)
         self._search = Searcher(backend)
         self._reindexer = reindexer
+        self._generation = generation
+
+    async def GenerateMemories(
+        self, request: generation_pb2.GenerateMemoriesRequest, context: Any
+    ) -> operations_pb2.Operation:
+        """Accept a generation: the operation and its job commit together; returns at once."""
+        return await self._generation.acceptor.generate(_tenant(), request, context)
+
+    async def WatchOperation(
+        self, request: memory_service_pb2.WatchOperationRequest, context: Any
+    ) -> AsyncIterator[operations_pb2.Operation]:
+        """Stream an operation: now, after every change, ending once done."""
+        async for operation in self._generation.lifecycle.watch(_tenant(), request.name):
+            yield operation
 
     async def CreateMemory(
         self, request: memory_service_pb2.CreateMemoryRequest, context: Any
@@ -170,23 +186,36 @@ class MemoryBankServicer(memory_service_pb2_grpc.MemoryBankServiceServicer):
 
 
 @answer_unimplemented(
-    memory_job_service_pb2.DESCRIPTOR.services_by_name["MemoryJobService"],
-    memory_job_service_pb2_grpc.MemoryJobServiceServicer,
-)
-class MemoryJobServicer(memory_job_service_pb2_grpc.MemoryJobServiceServicer):
-    """MemoryJobService: the internal RPCs of the generation worker."""
-
-
-@answer_unimplemented(
     operations_proto_pb2.DESCRIPTOR.services_by_name["Operations"],
     operations_pb2_grpc.OperationsServicer,
 )
 class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignore[misc]
     """google.longrunning.Operations over the memory service's operations table."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, generation: Generation) -> None:
         """Bind to the service's resources."""
         self._b = backend
+        self._generation = generation
+
+    async def CancelOperation(
+        self, request: operations_pb2.CancelOperationRequest, context: Any
+    ) -> empty_pb2.Empty:
+        """Request cancellation of one of the caller's operations."""
+        await self._generation.lifecycle.cancel(_tenant(), request.name)
+        return empty_pb2.Empty()
+
+    async def DeleteOperation(
+        self, request: operations_pb2.DeleteOperationRequest, context: Any
+    ) -> empty_pb2.Empty:
+        """Delete one of the caller's finished operations."""
+        await self._generation.lifecycle.delete(_tenant(), request.name)
+        return empty_pb2.Empty()
+
+    async def WaitOperation(
+        self, request: operations_pb2.WaitOperationRequest, context: Any
+    ) -> operations_pb2.Operation:
+        """Wait (at most 60 s) for one of the caller's operations to finish."""
+        return await self._generation.lifecycle.wait(_tenant(), request, context)
 
     async def GetOperation(
         self, request: operations_pb2.GetOperationRequest, context: Any
@@ -203,11 +232,3 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
             return await OperationStore.list_operations(
                 session, tenant_id=_tenant(), request=request
             )
-
-
-@answer_unimplemented(
-    procedural_service_pb2.DESCRIPTOR.services_by_name["ProceduralService"],
-    procedural_service_pb2_grpc.ProceduralServiceServicer,
-)
-class ProceduralServicer(procedural_service_pb2_grpc.ProceduralServiceServicer):
-    """ProceduralService: workflows, skills, trajectories and learning."""

@@ -1,0 +1,199 @@
+"""The transactional outbox of generation jobs, and the relay that publishes it to JetStream.
+
+GenerateMemories inserts the operation and its outbox row in one transaction
+(:func:`enqueue`), so a job exists exactly when its operation does. The :class:`Relay` (a
+background task of every memory replica) takes due rows with ``FOR UPDATE SKIP LOCKED`` --
+replicas never publish the same row at once -- publishes each with ``Nats-Msg-Id`` = the
+operation name, and deletes the row only after JetStream's PubAck. When NATS is down the rows
+stay and are retried with backoff; a publish that reached the stream but whose PubAck was lost
+is published again and JetStream drops the duplicate (same Msg-Id inside the duplicate
+window; past it the worker's idempotency on the operation name still holds).
+
+Latency: the request handler wakes the relay right after its commit, so a job normally
+reaches NATS within milliseconds; a periodic sweep picks up anything left (rows of a replica
+that died before publishing, rows in backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from google.protobuf import timestamp_pb2
+from opentelemetry import propagate
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ciq_runtime.db import transaction
+from contextiq.extraction.v1 import jobs_pb2
+from memory_svc.generation.tables import generation_outbox
+
+__all__ = ["GENERATE_SUBJECT", "Relay", "enqueue"]
+
+log = logging.getLogger(__name__)
+
+#: Subject of memory generation jobs (``extraction_svc.jobs.GENERATE_MEMORIES_SUBJECT``).
+GENERATE_SUBJECT: Final = "contextiq.jobs.memory.generate"
+_BATCH: Final = 64
+_BACKOFF_S: Final = (0.5, 30.0)
+
+ob = generation_outbox
+
+Publisher = Callable[[str, jobs_pb2.GenerateMemoriesJob, str, dict[str, str]], Awaitable[None]]
+
+
+async def enqueue(
+    session: AsyncSession,
+    *,
+    job: jobs_pb2.GenerateMemoriesJob,
+    now: datetime,
+) -> None:
+    """Add the job to the outbox inside the caller's transaction.
+
+    The current trace context (the accepting request's) is stored with it and travels as
+    message headers, so the worker's spans join the request's trace.
+    """
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    await session.execute(
+        insert(ob).values(
+            operation_name=job.operation_name,
+            tenant_id=job.tenant_id,
+            subject=GENERATE_SUBJECT,
+            payload=job.SerializeToString(),
+            headers=headers,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
+
+
+async def discard(session: AsyncSession, *, operation_name: str) -> None:
+    """Drop a job not yet published (its operation was cancelled while queued)."""
+    await session.execute(delete(ob).where(ob.c.operation_name == operation_name))
+
+
+def job_of(
+    *, operation_name: str, tenant_id: str, request: Any, now: datetime
+) -> jobs_pb2.GenerateMemoriesJob:
+    """The job message of an accepted request."""
+    enqueued = timestamp_pb2.Timestamp()
+    enqueued.FromDatetime(now)
+    return jobs_pb2.GenerateMemoriesJob(
+        operation_name=operation_name, tenant_id=tenant_id, request=request, enqueued_at=enqueued
+    )
+
+
+def _backoff(attempts: int) -> timedelta:
+    first, cap = _BACKOFF_S
+    return timedelta(seconds=min(cap, first * 2 ** min(attempts, 16)))
+
+
+class Relay:
+    """Publishes outbox rows to JetStream; one per memory process."""
+
+    def __init__(
+        self,
+        *,
+        sessions: Callable[[], async_sessionmaker[AsyncSession]],
+        publish: Publisher,
+        connected: Callable[[], bool],
+        clock: Callable[[], datetime],
+        sweep_interval_s: float = 2.0,
+    ) -> None:
+        """Create the relay (started with :meth:`run` as a background task).
+
+        Args:
+            sessions: Returns the Postgres session factory.
+            publish: Publishes one job ``(subject, job, msg_id, headers)`` and returns once
+                JetStream acknowledged it; raises otherwise.
+            connected: Whether NATS is connected now (no publish is tried while it is not).
+            clock: Current time.
+            sweep_interval_s: Pause between sweeps when nobody wakes the relay.
+        """
+        self._sessions = sessions
+        self._publish = publish
+        self._connected = connected
+        self._clock = clock
+        self._sweep_interval_s = sweep_interval_s
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Publish soon: a job was just committed."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Relay until cancelled."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._sweep_interval_s)
+            self._wake.clear()
+            try:
+                while await self.publish_due() == _BATCH:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Postgres unreachable, for instance: the rows are safe, try again later.
+                log.warning("outbox relay pass failed", exc_info=True)
+
+    async def publish_due(self) -> int:
+        """Publish one batch of due rows; returns how many rows were taken."""
+        if not self._connected():
+            return 0
+        now = self._clock()
+        async with transaction(self._sessions()) as session:
+            rows = (
+                await session.execute(
+                    select(ob)
+                    .where(ob.c.next_attempt_at <= now)
+                    .order_by(ob.c.id)
+                    .limit(_BATCH)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return 0
+            outcomes = await asyncio.gather(
+                *(self._publish_row(row) for row in rows), return_exceptions=True
+            )
+            published = []
+            for row, outcome in zip(rows, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    if isinstance(outcome, asyncio.CancelledError):
+                        raise outcome
+                    log.warning(
+                        "publishing %s failed (attempt %d): %r",
+                        row.operation_name,
+                        row.attempts + 1,
+                        outcome,
+                        extra={"operation": row.operation_name},
+                    )
+                    await session.execute(
+                        update(ob)
+                        .where(ob.c.id == row.id)
+                        .values(
+                            attempts=ob.c.attempts + 1,
+                            next_attempt_at=self._clock() + _backoff(row.attempts),
+                            last_error=repr(outcome)[:500],
+                        )
+                    )
+                else:
+                    published.append(row.id)
+            if published:
+                await session.execute(delete(ob).where(ob.c.id.in_(published)))
+        return len(rows)
+
+    async def _publish_row(self, row: Any) -> None:
+        job = jobs_pb2.GenerateMemoriesJob.FromString(row.payload)
+        await self._publish(row.subject, job, row.operation_name, dict(row.headers or {}))
+
+    async def pending(self) -> int:
+        """Rows not yet published (tests, health)."""
+        async with self._sessions()() as session:
+            return len((await session.execute(select(ob.c.id))).all())
