@@ -135,6 +135,18 @@ class Settings:
     db_max_overflow: int = 20
     shutdown_grace_s: float = 10.0
     worker_concurrency: int = 8
+    worker_enabled: bool = True
+    """Run the job worker in the extraction process (off: only the ExtractionService RPCs)."""
+    worker_ack_wait_s: float = 30.0
+    """How long a delivered job may go without an ack or heartbeat before redelivery."""
+    worker_max_deliver: int = 5
+    """Deliveries of a job before it is dead-lettered and its operation failed."""
+    worker_backoff_s: tuple[float, ...] = (30.0, 60.0, 120.0, 300.0)
+    """Delay before each redelivery, the last one repeating; every entry >= worker_ack_wait_s."""
+    worker_job_timeout_s: float = 900.0
+    """Longest one delivery of a job may run (heartbeats included) before it is retried."""
+    worker_rpc_timeout_s: float = 30.0
+    """Deadline of each call the worker makes to the sessions and memory services."""
     otel_endpoint: str | None = None
     pg_port: int = 54329
     """Port of the embedded Postgres (``make run`` without DATABASE_URL); 0 picks a free one."""
@@ -168,6 +180,14 @@ class Settings:
         # hold a URL that would make SQLAlchemy look for psycopg2.
         if self.database_url is not None:
             object.__setattr__(self, "database_url", normalize_database_url(self.database_url))
+        # JetStream uses each backoff entry as the ack wait of that delivery: an entry below
+        # the ack wait would redeliver a job that is still running and sending heartbeats.
+        if any(b < self.worker_ack_wait_s for b in self.worker_backoff_s):
+            raise ConfigError(
+                "CONTEXTIQ_WORKER_BACKOFF_SECONDS="
+                f"{','.join(f'{b:g}' for b in self.worker_backoff_s)!r} is not valid: every "
+                f"entry must be >= CONTEXTIQ_WORKER_ACK_WAIT_SECONDS ({self.worker_ack_wait_s:g})"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, service_name: str) -> Settings:
@@ -214,6 +234,18 @@ class Settings:
             db_max_overflow=env.integer("CONTEXTIQ_DB_MAX_OVERFLOW", 20, minimum=0),
             shutdown_grace_s=env.number("CONTEXTIQ_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0.0),
             worker_concurrency=env.integer("CONTEXTIQ_WORKER_CONCURRENCY", 8, minimum=1),
+            worker_enabled=env.flag("CONTEXTIQ_WORKER_ENABLED", True),
+            worker_ack_wait_s=env.number("CONTEXTIQ_WORKER_ACK_WAIT_SECONDS", 30.0, minimum=1.0),
+            worker_max_deliver=env.integer("CONTEXTIQ_WORKER_MAX_DELIVER", 5, minimum=1),
+            worker_backoff_s=env.numbers(
+                "CONTEXTIQ_WORKER_BACKOFF_SECONDS", (30.0, 60.0, 120.0, 300.0), minimum=1.0
+            ),
+            worker_job_timeout_s=env.number(
+                "CONTEXTIQ_WORKER_JOB_TIMEOUT_SECONDS", 900.0, minimum=1.0
+            ),
+            worker_rpc_timeout_s=env.number(
+                "CONTEXTIQ_WORKER_RPC_TIMEOUT_SECONDS", 30.0, minimum=0.1
+            ),
             otel_endpoint=env.optional("OTEL_EXPORTER_OTLP_ENDPOINT"),
             pg_port=env.port("CONTEXTIQ_PG_PORT", 54329),
             nats_port=env.port("CONTEXTIQ_NATS_PORT", 4223),
@@ -321,6 +353,17 @@ class _Env:
             return value
 
         return self._parse(name, default, parse, f"a number >= {minimum:g}")
+
+    def numbers(
+        self, name: str, default: tuple[float, ...], *, minimum: float
+    ) -> tuple[float, ...]:
+        def parse(raw: str) -> tuple[float, ...]:
+            values = tuple(float(part) for part in raw.split(",") if part.strip())
+            if not values or any(not v >= minimum or v == float("inf") for v in values):
+                raise ValueError(raw)
+            return values
+
+        return self._parse(name, default, parse, f"comma-separated numbers >= {minimum:g}")
 
     def flag(self, name: str, default: bool) -> bool:
         def parse(raw: str) -> bool:

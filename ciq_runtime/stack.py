@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import secrets
 import socket
 import sys
 from collections.abc import Callable
@@ -31,7 +33,7 @@ from ciq_runtime.server import (
 from ciq_runtime.service_main import fail, service_names
 from ciq_runtime.settings import ConfigError, Settings
 
-__all__ = ["check_ports_free", "main", "prepare_data_dir"]
+__all__ = ["check_ports_free", "ensure_jwt_secret", "main", "prepare_data_dir"]
 
 log = logging.getLogger("contextiq.stack")
 
@@ -78,6 +80,35 @@ def prepare_data_dir(path: Path) -> Path:
             "fix its permissions or set CONTEXTIQ_DATA_DIR to a writable folder"
         ) from exc
     return path
+
+
+def ensure_jwt_secret(data_dir: Path) -> str:
+    """The stack's JWT secret when ``CONTEXTIQ_JWT_SECRET`` is unset: made once, kept.
+
+    Stored in ``<data_dir>/jwt_secret`` (mode 0600) so that tokens stay valid across restarts.
+
+    Args:
+        data_dir: The prepared data directory.
+
+    Returns:
+        The secret.
+    """
+    path = data_dir / "jwt_secret"
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    secret = secrets.token_urlsafe(48)
+    # O_EXCL: two launchers sharing a data dir must not overwrite each other's secret.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret
 
 
 def check_ports_free(settings: Settings) -> None:
@@ -136,6 +167,9 @@ async def _run(settings: Settings, stop: asyncio.Event) -> None:
             stack.push_async_callback(nats.stop)
             nats_url = await nats.start()
 
+        if not settings.jwt_secret and not settings.auth_disabled:
+            # The worker calls the sessions and memory services with JWTs it signs itself.
+            settings = settings.replace(jwt_secret=ensure_jwt_secret(data_dir))
         settings = settings.replace(
             database_url=database_url,
             nats_url=nats_url,

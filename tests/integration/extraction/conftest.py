@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
 
 from ciq_runtime.auth import build_auth_interceptor
+from ciq_runtime.embedded import EmbeddedNats
 from ciq_runtime.server import GrpcServer, default_interceptors
 from ciq_runtime.service_main import service_names
 from ciq_runtime.settings import Settings
 from extraction_svc.component import build_component
 from tests.auth_helpers import TEST_JWT_SECRET
+from tests.integration.extraction.pipeline import fresh_database
 from tests.llm_server import MODEL, ScriptedLLM
 
 
@@ -48,7 +52,12 @@ async def _serve(settings: Settings) -> GrpcServer:
 def _settings(pg_url: str, nats_url: str, **changes: object) -> Settings:
     return (
         Settings.from_env({}, service_name="extraction")
-        .replace(database_url=pg_url, nats_url=nats_url, jwt_secret=TEST_JWT_SECRET)
+        .replace(
+            database_url=pg_url,
+            nats_url=nats_url,
+            jwt_secret=TEST_JWT_SECRET,
+            worker_enabled=False,
+        )
         .replace(**changes)
     )
 
@@ -81,3 +90,20 @@ async def no_model_channel(pg_url: str, nats_url: str) -> AsyncIterator[grpc.aio
             yield ch
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="module")
+async def worker_nats(service_tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    """A NATS of the module's own: its job stream holds only this module's jobs."""
+    server = EmbeddedNats(store_dir=service_tmp_path / f"nats-{uuid.uuid4().hex[:8]}")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture(scope="module")
+async def worker_db(pg_url: str, pg_dsn: str) -> str:
+    """A database of the module's own (no other memory server's outbox relay sees it)."""
+    return await fresh_database(pg_url, pg_dsn)
