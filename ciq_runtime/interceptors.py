@@ -1,4 +1,4 @@
-"""Server interceptors: error translation and one log line per RPC.
+"""Server interceptors: error translation, and one log line plus metrics per RPC.
 
 Order (outermost first, as passed to ``grpc.aio.server``): ``LoggingInterceptor``, then
 ``ErrorInterceptor``, then anything else (auth). Logging therefore sees the final status code,
@@ -23,15 +23,19 @@ from typing import Any
 
 import grpc
 from grpc_status import rpc_status
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ciq_runtime import metrics
 from ciq_runtime.errors import ContextIQError, Internal, to_status
-from ciq_runtime.logging import bind_log_context
+from ciq_runtime.logging import request_log_scope
 
 __all__ = [
     "QUIET_SERVICES",
     "ErrorInterceptor",
     "LoggingInterceptor",
     "RpcScope",
+    "TracingInterceptor",
     "wrap_rpc_handler",
 ]
 
@@ -103,6 +107,56 @@ def wrap_rpc_handler(handler: grpc.RpcMethodHandler, scope: RpcScope) -> grpc.Rp
     )
 
 
+class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no stubs
+    """Run each RPC inside an OpenTelemetry SERVER span continuing the caller's trace.
+
+    The parent comes from the W3C ``traceparent`` metadata (sent by traced channels and the
+    gateway). Health and reflection calls are not traced (probes call them every few seconds).
+    Unlike opentelemetry-instrumentation-grpc's aio interceptor, this one supports every
+    handler shape the server has (``context.write()`` streams, synchronous handlers pass
+    through untouched), because it wraps through :func:`wrap_rpc_handler`.
+    """
+
+    def __init__(self, *, untraced_services: Collection[str] = QUIET_SERVICES) -> None:
+        """Create the interceptor.
+
+        Args:
+            untraced_services: Fully-qualified services whose calls get no span.
+        """
+        self._untraced = frozenset(untraced_services)
+        self._tracer = trace.get_tracer("ciq_runtime.grpc")
+
+    async def intercept_service(
+        self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        """Wrap the method's handler; unknown methods (``None``) pass through."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        service, _, name = method.lstrip("/").partition("/")
+        if service in self._untraced:
+            return handler
+        carrier = {
+            key: value
+            for key, value in (handler_call_details.invocation_metadata or ())
+            if isinstance(value, str)
+        }
+        return wrap_rpc_handler(handler, lambda _context: self._span(service, name, carrier))
+
+    @asynccontextmanager
+    async def _span(
+        self, service: str, method: str, carrier: dict[str, str]
+    ) -> AsyncIterator[None]:
+        with self._tracer.start_as_current_span(
+            f"{service}/{method}",
+            context=propagate.extract(carrier),
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+        ):
+            yield
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no stubs
     """Turn exceptions from handlers into gRPC statuses with rich details.
 
@@ -147,11 +201,14 @@ async def _translate_errors(context: grpc.aio.ServicerContext, method: str) -> A
 
 
 class LoggingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no stubs
-    """Log one line per RPC when it ends: method, status code and duration.
+    """Log one line per RPC when it ends: method, status code and duration; count it.
 
     The line is logged at INFO (DEBUG for ``quiet_services``) by the ``ciq_runtime.rpc``
-    logger with the fields ``rpc_method``, ``grpc_code`` and ``duration_ms``. While the
-    handler runs, ``rpc_method`` is bound to the log context so its own lines carry it too.
+    logger with the fields ``rpc_method``, ``grpc_code`` and ``duration_ms``, plus the ids
+    the request added with :func:`ciq_runtime.logging.annotate_request` (the tenant). While
+    the handler runs, ``rpc_method`` is bound to the log context so its own lines carry it
+    too. The call is also counted in :mod:`ciq_runtime.metrics` (requests by method and code,
+    latency) and its status code is set on the current OpenTelemetry span.
     """
 
     def __init__(self, *, quiet_services: Collection[str] = QUIET_SERVICES) -> None:
@@ -181,27 +238,43 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
     ) -> AsyncIterator[None]:
         started = time.perf_counter()
         code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
-        try:
-            with bind_log_context(rpc_method=method):
+        with request_log_scope(rpc_method=method):
+            try:
                 yield
-            code = _context_code(context) or grpc.StatusCode.OK
-        except grpc.aio.AbortError:
-            code = _context_code(context) or grpc.StatusCode.UNKNOWN
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            # The client cancelled, its deadline passed, or the server is stopping.
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            duration_ms = (time.perf_counter() - started) * 1000
-            self._log.log(
-                level,
-                "%s %s %.1fms",
-                method,
-                code.name,
-                duration_ms,
-                extra={"rpc_method": method, "grpc_code": code.name, "duration_ms": duration_ms},
-            )
+                code = _context_code(context) or grpc.StatusCode.OK
+            except grpc.aio.AbortError:
+                code = _context_code(context) or grpc.StatusCode.UNKNOWN
+                raise
+            except (asyncio.CancelledError, GeneratorExit):
+                # The client cancelled, its deadline passed, or the server is stopping.
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                seconds = time.perf_counter() - started
+                metrics.rpc_finished(method, code.name, seconds)
+                _record_status(code)
+                duration_ms = seconds * 1000
+                self._log.log(
+                    level,
+                    "%s %s %.1fms",
+                    method,
+                    code.name,
+                    duration_ms,
+                    extra={
+                        "rpc_method": method,
+                        "grpc_code": code.name,
+                        "duration_ms": duration_ms,
+                    },
+                )
+
+
+def _record_status(code: grpc.StatusCode) -> None:
+    # The OpenTelemetry server span (outside this interceptor) does not see abort_with_status,
+    # which is how ErrorInterceptor reports errors: set the code on it here.
+    span = trace.get_current_span()
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code is not grpc.StatusCode.OK:
+        span.set_status(Status(StatusCode.ERROR, code.name))
 
 
 def _context_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:

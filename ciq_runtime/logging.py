@@ -35,6 +35,7 @@ __all__ = [
     "JsonFormatter",
     "RedactionFilter",
     "TextFormatter",
+    "annotate_request",
     "bind_log_context",
     "configure_logging",
     "current_log_context",
@@ -42,12 +43,18 @@ __all__ = [
     "record_fields",
     "redact_text",
     "redact_value",
+    "request_log_scope",
 ]
 
 # A ContextVar has to live at module level to be shared by every task; it holds no process
 # state of its own (each task sees its own copy), so it is not the global state STYLE forbids.
 _LOG_CONTEXT: contextvars.ContextVar[Mapping[str, object]] = contextvars.ContextVar(
     "ciq_log_context", default=MappingProxyType({})
+)
+
+# The mutable fields of the current request (see request_log_scope); None outside one.
+_REQUEST_FIELDS: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
+    "ciq_request_fields", default=None
 )
 
 # Attribute under which ContextFilter stores bound fields on a record. Kept private so that
@@ -80,6 +87,50 @@ _URL_PASSWORD_RE = re.compile(
     r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*+://[^\s:/@]++:)([^\s@/]++)(@)"
 )
 _CAMEL_RE = re.compile(r"([a-z0-9])([A-Z])")
+
+
+@contextmanager
+def request_log_scope(**fields: object) -> Iterator[dict[str, object]]:
+    """Open the log scope of one request (an RPC, a job): fields found later join it.
+
+    Like :func:`bind_log_context`, but the fields live in a mutable dict that
+    :func:`annotate_request` can extend from deeper in the request (the auth interceptor
+    adds the tenant once it has verified the credentials). Every line logged in the request
+    after that, including the final one logged by the code that opened the scope, carries them.
+
+    Args:
+        **fields: Initial fields.
+
+    Yields:
+        The scope's fields (read them for the final log line).
+    """
+    scope: dict[str, object] = dict(fields)
+    token = _REQUEST_FIELDS.set(scope)
+    try:
+        with bind_log_context(**fields):
+            yield scope
+    finally:
+        _REQUEST_FIELDS.reset(token)
+
+
+def annotate_request(**fields: object) -> None:
+    """Add ids (``tenant_id``, ``session_id``, ...) to the current request's log lines and span.
+
+    The fields go into the enclosing :func:`request_log_scope` (no-op outside one) and, as
+    ``contextiq.<name>`` attributes, onto the current OpenTelemetry span. ``None`` values are
+    skipped.
+
+    Args:
+        **fields: Names and values.
+    """
+    fields = {k: v for k, v in fields.items() if v is not None and v != ""}
+    scope = _REQUEST_FIELDS.get()
+    if scope is not None:
+        scope.update(fields)
+    if _HAVE_OTEL:
+        span = _otel_trace.get_current_span()
+        for key, value in fields.items():
+            span.set_attribute(f"contextiq.{key}", str(value))
 
 
 @contextmanager
@@ -213,7 +264,8 @@ class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Annotate the record; never drops it."""
         if not hasattr(record, _FIELDS_ATTR):
-            setattr(record, _FIELDS_ATTR, {**_LOG_CONTEXT.get(), **_trace_fields()})
+            request = _REQUEST_FIELDS.get() or {}
+            setattr(record, _FIELDS_ATTR, {**request, **_LOG_CONTEXT.get(), **_trace_fields()})
         return True
 
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ciq_runtime.errors import PermissionDenied, Unauthenticated
+from ciq_runtime.logging import annotate_request
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -99,7 +100,11 @@ def maybe_principal() -> Principal | None:
 
 @contextmanager
 def bind_principal(principal: Principal) -> Iterator[Principal]:
-    """Make ``principal`` current inside the block (the interceptor, tests, workers)."""
+    """Make ``principal`` current inside the block (the interceptor, tests, workers).
+
+    The tenant and subject also join the request's log lines and trace span.
+    """
+    annotate_request(tenant_id=principal.tenant_id, principal=principal.subject)
     token = _current.set(principal)
     try:
         yield principal

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ciq_runtime.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from ciq_runtime.health import DependencyChecks, HealthCheck, HealthReporter
-from ciq_runtime.interceptors import ErrorInterceptor, LoggingInterceptor
+from ciq_runtime.interceptors import ErrorInterceptor, LoggingInterceptor, TracingInterceptor
 
 __all__ = [
     "Component",
@@ -87,9 +87,11 @@ def default_interceptors(
 ) -> list[grpc.aio.ServerInterceptor]:
     """Return the interceptor chain every ContextIQ server uses, outermost first.
 
-    1. :class:`LoggingInterceptor`: outermost, so it logs the final status code.
-    2. :class:`ErrorInterceptor`: maps exceptions to statuses for everything inside it.
-    3. ``extra`` (auth, ...), innermost: their ``ContextIQError`` s are mapped too.
+    1. :class:`TracingInterceptor`: continues the caller's trace (``traceparent``) in
+       a SERVER span, so everything below (log lines included) runs inside it.
+    2. :class:`LoggingInterceptor`: logs and counts (metrics) the final status code.
+    3. :class:`ErrorInterceptor`: maps exceptions to statuses for everything inside it.
+    4. ``extra`` (auth, ...), innermost: their ``ContextIQError`` s are mapped too.
 
     Args:
         *extra: Interceptors to run inside the error translation, in order.
@@ -97,7 +99,7 @@ def default_interceptors(
     Returns:
         A new list to pass as ``GrpcServer(interceptors=...)``.
     """
-    return [LoggingInterceptor(), ErrorInterceptor(), *extra]
+    return [TracingInterceptor(), LoggingInterceptor(), ErrorInterceptor(), *extra]
 
 
 class GrpcServer:

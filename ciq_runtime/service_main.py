@@ -8,10 +8,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ciq_runtime import telemetry
 from ciq_runtime.auth import ApiKeyVerifier, build_auth_interceptor
 from ciq_runtime.embedded import EmbeddedError
 from ciq_runtime.errors import ContextIQError
 from ciq_runtime.logging import configure_logging
+from ciq_runtime.metrics import ProcessMetrics
 from ciq_runtime.server import (
     Component,
     GrpcServer,
@@ -65,6 +67,7 @@ def run_service(*, service_name: str, build: Callable[[Settings], ProcessParts])
         return
     configure_logging(service=service_name, level=settings.log_level, fmt=settings.log_format)
     log.info("settings", extra={"settings": settings.redacted_dict()})
+    telemetry.setup_tracing(service_name=service_name, otlp_endpoint=settings.otel_endpoint)
 
     async def main(stop: asyncio.Event) -> None:
         parts = build(settings)
@@ -78,12 +81,19 @@ def run_service(*, service_name: str, build: Callable[[Settings], ProcessParts])
             interceptors=default_interceptors(auth),
             grace_s=settings.shutdown_grace_s,
         )
+        process_metrics: ProcessMetrics | None = None
         try:
             port = await server.start()
             log.info("serving %s on %s:%d", service_name, settings.grpc_host, port)
+            if settings.metrics_port:
+                process_metrics = await ProcessMetrics.start(
+                    settings, services=[service_name], port=settings.metrics_port
+                )
             await stop.wait()
         finally:
             await server.stop()
+            if process_metrics is not None:
+                await process_metrics.stop()
 
     try:
         asyncio.run(run_until_signal(main))
@@ -91,3 +101,7 @@ def run_service(*, service_name: str, build: Callable[[Settings], ProcessParts])
         fail(str(exc))
     except ContextIQError as exc:
         fail(exc.message)
+    except OSError as exc:  # the metrics port
+        fail(f"{exc.strerror or exc}: check CONTEXTIQ_METRICS_PORT")
+    finally:
+        telemetry.shutdown_tracing()

@@ -8,9 +8,9 @@ in memory.
 
 Propagation:
 
-* gRPC: :func:`server_interceptor` (outermost interceptor of every server, see
-  :func:`ciq_runtime.server.default_interceptors`) continues the caller's trace;
-  :func:`client_interceptors` / :func:`open_channel` start a client span and send the W3C
+* gRPC: :class:`ciq_runtime.interceptors.TracingInterceptor` (outermost interceptor of every
+  server, see :func:`ciq_runtime.server.default_interceptors`) continues the caller's trace;
+  :func:`client_interceptors` / :func:`open_channel` start a CLIENT span and send the W3C
   ``traceparent`` on every call between services.
 * NATS / JetStream: :func:`ciq_runtime.nats.publish_proto` wraps each publish in a PRODUCER
   span (:func:`publish_span`) and writes its context into the message headers (:func:`inject`);
@@ -56,7 +56,6 @@ __all__ = [
     "mark_error",
     "open_channel",
     "publish_span",
-    "server_interceptor",
     "set_span_ids",
     "setup_tracing",
     "shutdown_tracing",
@@ -180,16 +179,6 @@ def _untraced_filter() -> Any:
     return filters.negate(
         filters.any_of(*(filters.service_name(name) for name in _UNTRACED_SERVICES))
     )
-
-
-def server_interceptor() -> grpc.aio.ServerInterceptor:
-    """The OpenTelemetry server interceptor (health and reflection calls are not traced)."""
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
-
-    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
-        filter_=_untraced_filter()
-    )
-    return interceptor
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:

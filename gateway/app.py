@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -72,6 +72,7 @@ def create_app(
     channel_options: ChannelOptions = (),
     channel_credentials: grpc.ChannelCredentials | None = None,
     title: str = "ContextIQ REST API",
+    extra_metrics: Sequence[CollectorRegistry] = (),
 ) -> Starlette:
     """Builds the gateway app; every route is computed and checked here, before serving.
 
@@ -91,6 +92,8 @@ def create_app(
         channel_options: gRPC channel arguments for the upstream channels.
         channel_credentials: TLS credentials for the upstream channels; plaintext when None.
         title: Title of the OpenAPI document.
+        extra_metrics: More registries ``/metrics`` serves after the gateway's own (the
+            process's services and workers when they share the process, as in ``make run``).
 
     Raises:
         BindingError: A service is unknown or one of its bindings cannot be served.
@@ -111,7 +114,7 @@ def create_app(
     openapi_body = json.dumps(document, ensure_ascii=False).encode()
 
     pool = UpstreamPool(channel_options=channel_options, credentials=channel_credentials)
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(extra=extra_metrics)
     components = {service.full_name: upstreams[service.full_name] for service in services}
     components.update(health_names or {})
     checker = HealthChecker(pool=pool, components=components)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -31,9 +32,14 @@ UNMATCHED_ROUTE: Final = "(unmatched)"
 class GatewayMetrics:
     """Request counter and latency histogram by route template, method and status."""
 
-    def __init__(self) -> None:
-        """Creates the metrics in a fresh registry."""
+    def __init__(self, *, extra: Sequence[CollectorRegistry] = ()) -> None:
+        """Creates the metrics in a fresh registry.
+
+        Args:
+            extra: Registries rendered after this one (the process's own, in ``make run``).
+        """
         self.registry = CollectorRegistry(auto_describe=True)
+        self._extra = tuple(extra)
         self._requests = Counter(
             "contextiq_gateway_requests",
             "HTTP requests served by the REST gateway.",
@@ -55,5 +61,5 @@ class GatewayMetrics:
         self._duration.labels(route, method).observe(seconds)
 
     def render(self) -> bytes:
-        """The registry in the Prometheus text format."""
-        return generate_latest(self.registry)
+        """The registry (then the extra ones) in the Prometheus text format."""
+        return b"".join(generate_latest(r) for r in (self.registry, *self._extra))

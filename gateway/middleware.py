@@ -6,12 +6,15 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.metrics import UNMATCHED_ROUTE, GatewayMetrics
 from gateway.tracing import TraceContext, resolve_trace
 
 _SCOPE_KEY: Final = "contextiq.gateway"
+_tracer: Final = trace.get_tracer("gateway")
 
 
 @dataclass(slots=True)
@@ -51,26 +54,48 @@ class RequestMiddleware:
             await self._app(scope, receive, send)
             return
         started = time.perf_counter()
-        info = request_info(scope)
-        trace_header = (b"x-trace-id", info.trace.trace_id.encode())
-        status = 500
+        method: str = scope["method"]
+        # The request's SERVER span, child of the client's traceparent if any: the trace id
+        # the client is told (X-Trace-Id) and the parent the services continue from.
+        with _tracer.start_as_current_span(
+            method,
+            context=propagate.extract(_carrier(scope)),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": scope["path"]},
+        ) as span:
+            info = request_info(scope)
+            trace_header = (b"x-trace-id", info.trace.trace_id.encode())
+            status = 500
 
-        async def send_with_trace(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), trace_header]
-            await send(message)
+            async def send_with_trace(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    message["headers"] = [*message.get("headers", ()), trace_header]
+                await send(message)
 
-        try:
-            await self._app(scope, receive, send_with_trace)
-        finally:
-            self._metrics.observe(
-                route=info.route,
-                method=scope["method"],
-                status=status,
-                seconds=time.perf_counter() - started,
-            )
+            try:
+                await self._app(scope, receive, send_with_trace)
+            finally:
+                span.update_name(f"{method} {info.route}")
+                span.set_attribute("http.route", info.route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                self._metrics.observe(
+                    route=info.route,
+                    method=method,
+                    status=status,
+                    seconds=time.perf_counter() - started,
+                )
+
+
+def _carrier(scope: Scope) -> dict[str, str]:
+    return {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in scope["headers"]
+        if name in (b"traceparent", b"tracestate")
+    }
 
 
 def _trace_of(scope: Scope) -> TraceContext:
