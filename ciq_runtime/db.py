@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from ciq_runtime.db_tracing import instrument_engine
 from ciq_runtime.errors import Unavailable
 from ciq_runtime.logging import redact_text
 from ciq_runtime.settings import ConfigError, Settings, normalize_database_url
@@ -89,7 +90,7 @@ def create_engine(
     connect_args: dict[str, Any] = {}
     if application_name:
         connect_args["server_settings"] = {"application_name": application_name}
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=10 if pool_size is None else pool_size,
         max_overflow=20 if max_overflow is None else max_overflow,
@@ -99,6 +100,8 @@ def create_engine(
         echo=echo,
         connect_args=connect_args,
     )
+    # A span per statement (children of the RPC's or job's span).
+    return instrument_engine(engine)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -19,17 +19,25 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from ciq_runtime import metrics
 from ciq_runtime.errors import FailedPrecondition, Unavailable
 from ciq_runtime.litellm_loader import import_litellm
+from ciq_runtime.logging import current_log_context
+from ciq_runtime.principal import maybe_principal
 from contextiq.common.v1 import common_pb2
 
 __all__ = ["LlmClient", "OutputInvalidError", "Usage"]
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("extraction_svc.llm")
 
 _T = TypeVar("_T")
 
@@ -135,7 +143,35 @@ class LlmClient:
             FailedPrecondition: The provider refused the request (key, model, request).
         """
         self.warm_up()
-        usage = Usage()
+        # One span for the whole structured call (validation retries included); each provider
+        # call below it gets its own "chat <model>" span.
+        with _tracer.start_as_current_span(
+            f"llm {schema_name}",
+            attributes={
+                "gen_ai.request.model": model,
+                "contextiq.llm.operation": schema_name,
+                **_context_ids(),
+            },
+        ) as span:
+            usage = Usage()
+            try:
+                return await self._complete_json(
+                    model, messages, schema_name, schema, validate, usage
+                )
+            finally:
+                span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+                span.set_attribute("contextiq.llm.calls", usage.calls)
+
+    async def _complete_json(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        schema_name: str,
+        schema: dict[str, Any],
+        validate: Callable[[Any], _T],
+        usage: Usage,
+    ) -> Result[_T]:
         conversation = list(messages)
         problem = ""
         for attempt in range(1, self._max_attempts + 1):
@@ -148,6 +184,9 @@ class LlmClient:
                 problem = str(exc)
             else:
                 return Result(value=value, usage=usage)
+            trace.get_current_span().add_event(
+                "output rejected", {"attempt": attempt, "problem": problem[:300]}
+            )
             log.warning(
                 "model output rejected (attempt %d/%d): %s",
                 attempt,
@@ -196,18 +235,8 @@ class LlmClient:
         last: Exception | None = None
         for attempt in range(1, self._provider_attempts + 1):
             try:
-                response = await litellm.acompletion(
-                    model=model,
-                    messages=messages,
-                    response_format={
-                        "type": "json_schema",
-                        "json_schema": {"name": schema_name, "schema": schema, "strict": True},
-                    },
-                    temperature=0,
-                    timeout=self._timeout,
-                    api_base=self._api_base,
-                    api_key=self._api_key,
-                    num_retries=0,
+                response = await self._traced_completion(
+                    litellm, model, messages, schema_name, schema, attempt
                 )
             except transient as exc:
                 last = exc
@@ -241,6 +270,86 @@ class LlmClient:
             reason="LLM_UNAVAILABLE",
             metadata={"model": model},
         )
+
+    async def _traced_completion(
+        self,
+        litellm: Any,
+        model: str,
+        messages: list[dict[str, str]],
+        schema_name: str,
+        schema: dict[str, Any],
+        attempt: int,
+    ) -> Any:
+        """One provider call in a CLIENT span, counted in the LLM metrics."""
+        with _tracer.start_as_current_span(
+            f"chat {model}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": model,
+                "contextiq.llm.operation": schema_name,
+                "contextiq.llm.attempt": attempt,
+                **_context_ids(),
+            },
+            # Recorded below with the error type only: a provider's message may quote the
+            # request (and so the conversation).
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            started = time.perf_counter()
+            try:
+                response = await litellm.acompletion(
+                    model=model,
+                    messages=messages,
+                    response_format={
+                        "type": "json_schema",
+                        "json_schema": {"name": schema_name, "schema": schema, "strict": True},
+                    },
+                    temperature=0,
+                    timeout=self._timeout,
+                    api_base=self._api_base,
+                    api_key=self._api_key,
+                    num_retries=0,
+                )
+            except Exception as exc:
+                error = type(exc).__name__
+                span.set_attribute("error.type", error)
+                span.set_status(Status(StatusCode.ERROR, error))
+                metrics.llm_call(
+                    model=model,
+                    operation=schema_name,
+                    error=error,
+                    seconds=time.perf_counter() - started,
+                )
+                raise
+            prompt = int(getattr(response.usage, "prompt_tokens", 0) or 0)
+            completion = int(getattr(response.usage, "completion_tokens", 0) or 0)
+            span.set_attribute("gen_ai.usage.input_tokens", prompt)
+            span.set_attribute("gen_ai.usage.output_tokens", completion)
+            if getattr(response, "model", None):
+                span.set_attribute("gen_ai.response.model", str(response.model))
+            metrics.llm_call(
+                model=model,
+                operation=schema_name,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                seconds=time.perf_counter() - started,
+            )
+            return response
+
+
+def _context_ids() -> dict[str, str]:
+    """The request's or job's ids (tenant, session, operation) as span attributes."""
+    fields = current_log_context()
+    ids = {
+        f"contextiq.{key}": str(fields[key])
+        for key in ("tenant_id", "session_id", "operation_id", "bank_id")
+        if fields.get(key)
+    }
+    principal = maybe_principal()
+    if principal is not None:
+        ids.setdefault("contextiq.tenant_id", principal.tenant_id)
+    return ids
 
 
 def _cost(litellm: Any, response: Any) -> float:

@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from ciq_runtime.db_tracing import TracedConnection
 from ciq_runtime.errors import Unavailable
 
 __all__ = ["ConnectionPool", "to_dsn"]
@@ -106,6 +107,7 @@ class ConnectionPool:
                 self._dsn,
                 timeout=self._connect_timeout_s,
                 server_settings={"application_name": self._application_name},
+                connection_class=TracedConnection,  # a span per statement
             )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise Unavailable(
