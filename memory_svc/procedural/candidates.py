@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ciq_runtime.db import transaction
@@ -311,7 +311,7 @@ class CandidateOps:
                     )
                     .on_conflict_do_nothing(
                         index_elements=[c.c.tenant_id, c.c.operation_name, c.c.ordinal],
-                        index_where=c.c.operation_name != "",
+                        index_where=text("operation_name <> ''"),
                     )
                 )
             rows = (

@@ -21,6 +21,7 @@ from tests.integration.memory.conftest import MemoryServer, start_memory_server
 
 pb = procedural_service_pb2
 Who = tuple[tuple[str, str], ...]
+Stub = procedural_service_pb2_grpc.ProceduralServiceStub
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +104,7 @@ def trajectory(task: str = "Book a flight to Lisbon", **fields: Any) -> procedur
     return procedural_pb2.Trajectory(task_description=task, **fields)
 
 
-async def create_workflow(stub: Any, who: Who, **fields: Any) -> procedural_pb2.Workflow:
+async def create_workflow(stub: Stub, who: Who, **fields: Any) -> procedural_pb2.Workflow:
     request_id = fields.pop("request_id", "")
     body = workflow(**fields)
     result: procedural_pb2.Workflow = await stub.CreateWorkflow(
@@ -112,7 +113,7 @@ async def create_workflow(stub: Any, who: Who, **fields: Any) -> procedural_pb2.
     return result
 
 
-async def create_skill(stub: Any, who: Who, **fields: Any) -> procedural_pb2.Skill:
+async def create_skill(stub: Stub, who: Who, **fields: Any) -> procedural_pb2.Skill:
     request_id = fields.pop("request_id", "")
     result: procedural_pb2.Skill = await stub.CreateSkill(
         pb.CreateSkillRequest(skill=skill(**fields), request_id=request_id), metadata=who
@@ -120,7 +121,7 @@ async def create_skill(stub: Any, who: Who, **fields: Any) -> procedural_pb2.Ski
     return result
 
 
-async def create_trajectory(stub: Any, who: Who, **fields: Any) -> procedural_pb2.Trajectory:
+async def create_trajectory(stub: Stub, who: Who, **fields: Any) -> procedural_pb2.Trajectory:
     request_id = fields.pop("request_id", "")
     result: procedural_pb2.Trajectory = await stub.CreateTrajectory(
         pb.CreateTrajectoryRequest(trajectory=trajectory(**fields), request_id=request_id),

@@ -11,10 +11,10 @@ from google.protobuf import field_mask_pb2
 
 from contextiq.procedural.v1 import procedural_pb2
 from tests.integration.memory.conftest import field_of, reason_of
-from tests.integration.procedural.conftest import Who, create_workflow, pb, workflow
+from tests.integration.procedural.conftest import Stub, Who, create_workflow, pb, workflow
 
 
-async def test_create_get_update_delete(stub, auth: Callable[..., Who]) -> None:
+async def test_create_get_update_delete(stub: Stub, auth: Callable[..., Who]) -> None:
     who = auth()
     created = await create_workflow(
         stub, who, scope={"team": "infra"}, agent_id="deployer", success_metrics={"p95_s": 30}
@@ -59,7 +59,7 @@ async def test_create_get_update_delete(stub, auth: Callable[..., Who]) -> None:
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_steps_follow_their_order_field(stub, auth: Callable[..., Who]) -> None:
+async def test_steps_follow_their_order_field(stub: Stub, auth: Callable[..., Who]) -> None:
     created = await create_workflow(
         stub,
         auth(),
@@ -71,7 +71,7 @@ async def test_steps_follow_their_order_field(stub, auth: Callable[..., Who]) ->
     assert [(s.order, s.action) for s in created.steps] == [(1, "first"), (2, "second")]
 
 
-async def test_record_usage_counts(stub, auth: Callable[..., Who]) -> None:
+async def test_record_usage_counts(stub: Stub, auth: Callable[..., Who]) -> None:
     who = auth()
     created = await create_workflow(stub, who)
     for expected in (1, 2, 3):
@@ -86,7 +86,7 @@ async def test_record_usage_counts(stub, auth: Callable[..., Who]) -> None:
     assert [w.id for w in listed.workflows] == [created.id]
 
 
-async def test_request_id_makes_create_idempotent(stub, auth: Callable[..., Who]) -> None:
+async def test_request_id_makes_create_idempotent(stub: Stub, auth: Callable[..., Who]) -> None:
     who = auth()
     first = await create_workflow(stub, who, request_id="once")
     again = await create_workflow(stub, who, request_id="once", name="different")
@@ -119,7 +119,7 @@ async def test_request_id_makes_create_idempotent(stub, auth: Callable[..., Who]
     ],
 )
 async def test_bad_workflows_are_rejected_naming_the_field(
-    stub, auth: Callable[..., Who], body: procedural_pb2.Workflow, field: str
+    stub: Stub, auth: Callable[..., Who], body: procedural_pb2.Workflow, field: str
 ) -> None:
     who = auth()
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -131,7 +131,7 @@ async def test_bad_workflows_are_rejected_naming_the_field(
 
 
 async def test_update_rejects_unknown_paths_and_scope_changes(
-    stub, auth: Callable[..., Who]
+    stub: Stub, auth: Callable[..., Who]
 ) -> None:
     who = auth()
     created = await create_workflow(stub, who, scope={"team": "a"})
@@ -164,7 +164,7 @@ async def test_update_rejects_unknown_paths_and_scope_changes(
     assert await stub.GetWorkflow(pb.GetWorkflowRequest(id=created.id), metadata=who) == created
 
 
-async def test_list_pages_and_filters(stub, auth: Callable[..., Who]) -> None:
+async def test_list_pages_and_filters(stub: Stub, auth: Callable[..., Who]) -> None:
     who = auth()
     ids = [(await create_workflow(stub, who, name=f"wf {i}", agent_id="a1")).id for i in range(5)]
     await create_workflow(stub, who, name="other agent", agent_id="a2")
@@ -200,7 +200,7 @@ async def test_list_pages_and_filters(stub, auth: Callable[..., Who]) -> None:
     assert [w.name for w in scoped.workflows] == ["other agent"]
 
 
-async def test_unknown_ids(stub, auth: Callable[..., Who]) -> None:
+async def test_unknown_ids(stub: Stub, auth: Callable[..., Who]) -> None:
     who = auth()
     for bad in ("not-a-uuid", "00000000-0000-0000-0000-000000000000"):
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -211,7 +211,7 @@ async def test_unknown_ids(stub, auth: Callable[..., Who]) -> None:
     assert field_of(info.value) == "id"
 
 
-async def test_read_permission_cannot_write(stub, auth: Callable[..., Who]) -> None:
+async def test_read_permission_cannot_write(stub: Stub, auth: Callable[..., Who]) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await create_workflow(stub, auth("PROCEDURAL_READ"))
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
