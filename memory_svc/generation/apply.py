@@ -155,7 +155,15 @@ def _validate_actions(
                 raise InvalidArgument(
                     f"{prefix}.memory_id is required for {kind}", field=f"{prefix}.memory_id"
                 )
-            memory_id = validation.parse_memory_id(action.memory_id, field=f"{prefix}.memory_id")
+            try:
+                memory_id = uuid.UUID(action.memory_id)
+            except ValueError:
+                # An id the model made up: reject the plan, like any other non-candidate.
+                raise InvalidArgument(
+                    f"{prefix}.memory_id {action.memory_id[:64]!r} names no memory; nothing "
+                    "was applied",
+                    field=f"{prefix}.memory_id",
+                ) from None
             if memory_id in seen:
                 raise InvalidArgument(
                     f"{prefix} acts on memory {action.memory_id} already acted on by "

@@ -205,7 +205,9 @@ async def stream_messages(url: str) -> list[Published]:
                 msg = await js.get_msg(JOBS_STREAM, seq)
             except NotFoundError:
                 continue
-            found.append(Published(seq, msg.subject, dict(msg.headers or {}), msg.data or b""))
+            found.append(
+                Published(seq, msg.subject or "", dict(msg.headers or {}), msg.data or b"")
+            )
         return found
     finally:
         await nc.close()
