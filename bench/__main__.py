@@ -15,6 +15,7 @@ BENCHMARKS = [
     "bench.sessions_bench",
     "bench.memory_locomo",
     "bench.memory_scale",
+    "bench.procedural_search",
     "bench.generation",
 ]
 
