@@ -15,13 +15,17 @@ import logging
 import re
 import sys
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+from urllib.parse import unquote, urlsplit
 
 from ciq_runtime.settings import REDACTED
+
+if TYPE_CHECKING:
+    from ciq_runtime.settings import Settings
 
 try:  # Tracing is optional: logs still work in a process without opentelemetry-api.
     from opentelemetry import trace as _otel_trace
@@ -44,6 +48,7 @@ __all__ = [
     "redact_text",
     "redact_value",
     "request_log_scope",
+    "settings_secrets",
 ]
 
 # A ContextVar has to live at module level to be shared by every task; it holds no process
@@ -82,6 +87,15 @@ _KEY_VALUE_RE = re.compile(
     r"(?<![\w-])([\w-]++)(\s*[\"']?\s*[:=]\s*[\"']?)((?i:bearer\s+)?[^\s\"',;&)}\]]++)"
 )
 _API_KEY_RE = re.compile(r"ck_[A-Za-z0-9_-]{8,}")
+# Model providers' key formats (OpenAI/Anthropic ``sk-``, Google ``AIza``, Groq ``gsk_``, xAI,
+# Hugging Face) and bare JWTs (three base64url parts, the first two JSON objects).
+_PROVIDER_KEY_RE = re.compile(
+    r"(?<![A-Za-z0-9])(?:sk-[A-Za-z0-9_-]{16,}|AIza[0-9A-Za-z_-]{30,}"
+    r"|(?:gsk|xai|hf)[_-][A-Za-z0-9]{16,})"
+)
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+# Known secret values shorter than this are not masked literally (too likely to match words).
+_MIN_KNOWN_SECRET = 6
 _BEARER_RE = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
 _URL_PASSWORD_RE = re.compile(
     r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*+://[^\s:/@]++:)([^\s@/]++)(@)"
@@ -181,8 +195,9 @@ def is_sensitive_key(key: str) -> bool:
 def redact_text(text: str) -> str:
     """Mask credentials in free text.
 
-    Masks ``ck_`` API keys, ``Bearer`` tokens, passwords inside URLs and the value of
-    ``key=value`` pairs whose key looks sensitive.
+    Masks ``ck_`` API keys, model providers' keys (``sk-…``, ``AIza…``, ``gsk_…``), JWTs,
+    ``Bearer`` tokens, passwords inside URLs and the value of ``key=value`` pairs whose key
+    looks sensitive.
 
     Args:
         text: Any text (a log message, an exception, a traceback).
@@ -193,6 +208,8 @@ def redact_text(text: str) -> str:
     text = _KEY_VALUE_RE.sub(_redact_key_value, text)
     text = _URL_PASSWORD_RE.sub(rf"\1{REDACTED}\3", text)
     text = _BEARER_RE.sub(rf"\1 {REDACTED}", text)
+    text = _JWT_RE.sub(REDACTED, text)
+    text = _PROVIDER_KEY_RE.sub(REDACTED, text)
     return _API_KEY_RE.sub(REDACTED, text)
 
 
@@ -273,8 +290,45 @@ class RedactionFilter(logging.Filter):
     """Mask credentials in a record's message, arguments, extras, bound fields and traceback.
 
     It rewrites the record in place so that every handler after it, and any formatter,
-    only ever sees the masked text. Applying it twice is harmless.
+    only ever sees the masked text. Applying it twice is harmless. Besides the patterns of
+    :func:`redact_text`, the process's own secrets (``secrets``: the JWT secret, the LLM key,
+    database passwords, see :func:`settings_secrets`) are masked wherever they appear, whatever
+    their format.
     """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        """Create the filter.
+
+        Args:
+            secrets: Literal values to mask (shorter than 6 characters are ignored).
+        """
+        super().__init__()
+        # Longest first, so that a secret containing another is masked whole.
+        self._secrets = sorted(
+            {s for s in secrets if s and len(s) >= _MIN_KNOWN_SECRET}, key=len, reverse=True
+        )
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return redact_text(text)
+
+    def _redact_value(self, value: object) -> object:
+        if not self._secrets:
+            return redact_value(value)
+        if isinstance(value, str):
+            return self._redact(value)
+        if isinstance(value, Mapping):
+            return {
+                str(k): REDACTED if is_sensitive_key(str(k)) else self._redact_value(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._redact_value(v) for v in value]
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        return self._redact(str(value))
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Redact the record; never drops it."""
@@ -284,21 +338,43 @@ class RedactionFilter(logging.Filter):
             # A bad format string: leave the record alone so that the handler reports it the
             # usual way (Handler.handleError) instead of the logging call raising.
             return True
-        record.msg = redact_text(message)
+        record.msg = self._redact(message)
         record.args = None
         for key, value in _extras(record).items():
-            setattr(record, key, REDACTED if is_sensitive_key(key) else redact_value(value))
+            setattr(record, key, REDACTED if is_sensitive_key(key) else self._redact_value(value))
         fields = getattr(record, _FIELDS_ATTR, None)
         if fields:
-            setattr(record, _FIELDS_ATTR, redact_value(fields))
+            setattr(record, _FIELDS_ATTR, self._redact_value(fields))
         if record.exc_info and not record.exc_text:
             # Formatter.format reuses exc_text when set, so this is the traceback that is shown.
             record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
         if record.exc_text:
-            record.exc_text = redact_text(record.exc_text)
+            record.exc_text = self._redact(record.exc_text)
         if record.stack_info:
-            record.stack_info = redact_text(record.stack_info)
+            record.stack_info = self._redact(record.stack_info)
         return True
+
+
+def settings_secrets(settings: Settings) -> list[str]:
+    """The secret values a process's settings hold, for :func:`configure_logging`'s ``secrets``.
+
+    Args:
+        settings: The process settings.
+
+    Returns:
+        The JWT secret, bootstrap API key, LLM key and the passwords of the database, NATS and
+        Qdrant URLs that are set.
+    """
+    found = [settings.jwt_secret, settings.bootstrap_api_key, settings.llm_api_key]
+    for url in (settings.database_url, settings.nats_url, settings.qdrant_url):
+        for part in (url or "").split(","):
+            try:
+                password = urlsplit(part.strip()).password
+            except ValueError:
+                continue
+            found.append(unquote(password) if password else None)
+            found.append(password)
+    return [value for value in dict.fromkeys(found) if value]
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -386,7 +462,12 @@ _CHATTY_LOGGERS = ("alembic.runtime.plugins", "alembic.runtime.migration")
 
 
 def configure_logging(
-    *, service: str, level: str = "INFO", fmt: str = "json", stream: TextIO | None = None
+    *,
+    service: str,
+    level: str = "INFO",
+    fmt: str = "json",
+    stream: TextIO | None = None,
+    secrets: Iterable[str] = (),
 ) -> None:
     """Send all logging to one stream handler with context, redaction and the chosen format.
 
@@ -398,6 +479,7 @@ def configure_logging(
         level: Root level name (``DEBUG``, ``INFO``, ...), case-insensitive.
         fmt: ``"json"`` (one object per line, for collectors) or ``"text"`` (for people).
         stream: Where to write; ``sys.stderr`` when omitted.
+        secrets: Values masked wherever they appear (:func:`settings_secrets`).
 
     Raises:
         ValueError: If ``level`` or ``fmt`` is unknown.
@@ -418,7 +500,7 @@ def configure_logging(
     handler.setFormatter(formatter)
     # Order matters: context is attached first so that redaction also covers bound fields.
     handler.addFilter(ContextFilter())
-    handler.addFilter(RedactionFilter())
+    handler.addFilter(RedactionFilter(secrets))
 
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:

@@ -12,7 +12,7 @@ from ciq_runtime import telemetry
 from ciq_runtime.auth import ApiKeyVerifier, build_auth_interceptor
 from ciq_runtime.embedded import EmbeddedError
 from ciq_runtime.errors import ContextIQError
-from ciq_runtime.logging import configure_logging
+from ciq_runtime.logging import configure_logging, settings_secrets
 from ciq_runtime.metrics import ProcessMetrics
 from ciq_runtime.server import (
     Component,
@@ -65,7 +65,12 @@ def run_service(*, service_name: str, build: Callable[[Settings], ProcessParts])
     except ConfigError as exc:
         fail(str(exc))
         return
-    configure_logging(service=service_name, level=settings.log_level, fmt=settings.log_format)
+    configure_logging(
+        service=service_name,
+        level=settings.log_level,
+        fmt=settings.log_format,
+        secrets=settings_secrets(settings),
+    )
     log.info("settings", extra={"settings": settings.redacted_dict()})
     telemetry.setup_tracing(service_name=service_name, otlp_endpoint=settings.otel_endpoint)
 

@@ -19,10 +19,12 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from ciq_runtime import metrics, telemetry
 from ciq_runtime.auth import build_auth_interceptor
 from ciq_runtime.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
 from ciq_runtime.errors import ContextIQError
-from ciq_runtime.logging import configure_logging
+from ciq_runtime.logging import configure_logging, settings_secrets
+from ciq_runtime.metrics import ProcessMetrics
 from ciq_runtime.server import (
     Component,
     GrpcServer,
@@ -124,6 +126,8 @@ def check_ports_free(settings: Settings) -> None:
         (settings.grpc_host, settings.grpc_port, "CONTEXTIQ_GRPC_PORT"),
         (settings.http_host, settings.http_port, "CONTEXTIQ_HTTP_PORT"),
     ]
+    if settings.metrics_port:
+        wanted.append((settings.grpc_host, settings.metrics_port, "CONTEXTIQ_METRICS_PORT"))
     if not settings.database_url:
         wanted.append(("127.0.0.1", settings.pg_port, "CONTEXTIQ_PG_PORT"))
     if not settings.nats_url:
@@ -195,11 +199,19 @@ async def _run(settings: Settings, stop: asyncio.Event) -> None:
         grpc_port = await server.start()
         upstream = f"{settings.grpc_host}:{grpc_port}"
 
+        # One process, one scrape target: the gateway's /metrics also serves the services' and
+        # the worker's registry; CONTEXTIQ_METRICS_PORT adds a separate endpoint if set.
+        process_metrics = await ProcessMetrics.start(
+            settings, services=["sessions", "memory"], port=settings.metrics_port or None
+        )
+        stack.push_async_callback(process_metrics.stop)
+
         # Every REST-exposed service is on this one port (MemoryJobService is internal).
         app = create_app(
             routes_from=DEFAULT_SERVICES,
             upstreams=dict.fromkeys(DEFAULT_SERVICES, upstream),
             health_names=dict.fromkeys(server.health_names, upstream),
+            extra_metrics=[metrics.REGISTRY],
         )
         gw = await serve(app, host=settings.http_host, port=settings.http_port)
         stack.push_async_callback(gw.stop)
@@ -261,7 +273,13 @@ def main() -> None:
     except ConfigError as exc:
         fail(str(exc))
         return
-    configure_logging(service="contextiq", level=settings.log_level, fmt=settings.log_format)
+    configure_logging(
+        service="contextiq",
+        level=settings.log_level,
+        fmt=settings.log_format,
+        secrets=settings_secrets(settings),
+    )
+    telemetry.setup_tracing(service_name="contextiq", otlp_endpoint=settings.otel_endpoint)
     from gateway.server import GatewayStartError
 
     try:
@@ -272,6 +290,8 @@ def main() -> None:
         fail(exc.message)
     except OSError as exc:
         fail(f"{exc.strerror or exc}: check the ports and the data directory")
+    finally:
+        telemetry.shutdown_tracing()
 
 
 if __name__ == "__main__":
