@@ -19,8 +19,8 @@ from tests.integration.auth.conftest import AuthStack
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 #: REST paths served by RPCs that exist today (regex over the OpenAPI paths).
 LIVE_PATHS = r"^/api/v1/(api-keys|sessions|memories|memory-banks)"
-#: Never-ending SSE streams (they have their own tests) and RPCs not built yet.
-EXCLUDED_PATHS = r"(:stream|:watch|^/api/v1/memories/generate)$"
+#: Never-ending SSE streams (they have their own tests).
+EXCLUDED_PATHS = r"(:stream|:watch)$"
 
 pytestmark = pytest.mark.timeout(600)
 
