@@ -272,3 +272,24 @@ async def test_operations_get_and_list_show_the_generation(
     assert got.name == operation.name
     assert [o.name for o in listed.operations] == [operation.name]
     assert unpack_metadata(got).state == "queued"
+
+
+async def test_the_job_carries_the_request_trace(
+    gen_server: GenServer, mem: memory_service_pb2_grpc.MemoryServiceStub, who: Metadata
+) -> None:
+    from ciq_runtime import telemetry
+
+    exporter = telemetry.install_test_exporter()
+    try:
+        trace_id = uuid.uuid4().hex
+        traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+        operation = await mem.GenerateMemories(
+            facts_request({"user_id": "u1"}, "traced"),
+            metadata=(*who, ("traceparent", traceparent)),
+        )
+        message = (await published_for(gen_server.nats.url, operation.name))[0]
+    finally:
+        exporter.shutdown()
+
+    # The consumer continues the request's trace (the publish span is its child).
+    assert message.headers["traceparent"].split("-")[1] == trace_id
