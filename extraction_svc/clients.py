@@ -201,11 +201,23 @@ class ServiceClients:
                 md.append((name, value))
         return tuple(md)
 
-    async def wait_ready(self, *, poll_s: float = 0.5, log_after_s: float = 10.0) -> None:
-        """Return once both services report SERVING through gRPC health (polls forever)."""
+    async def wait_ready(
+        self,
+        services: tuple[str, ...] = (MEMORY_JOB_SERVICE,),
+        *,
+        poll_s: float = 0.5,
+        log_after_s: float = 10.0,
+    ) -> None:
+        """Return once ``services`` report SERVING through gRPC health (polls forever).
+
+        Only the memory service by default: every job needs it (a session source also needs
+        SessionService, whose outages are retried per job like any other).
+        """
         started = time.monotonic()
         warned = False
         for name, health in self._health:
+            if name not in services:
+                continue
             while True:
                 try:
                     reply = await health.Check(

@@ -24,6 +24,7 @@ clear ``google.rpc.Status`` (:class:`FailJob`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,8 +106,8 @@ class GenerateMemoriesHandler:
     # ------------------------------------------------------------------ runner interface
 
     async def ready(self) -> None:
-        """Wait until the memory and sessions services answer (the embedded stack starts the
-        worker before its own gRPC server serves)."""
+        """Wait until the memory service answers (the embedded stack starts the worker before
+        its own gRPC server serves)."""
         await self._clients.wait_ready()
 
     @staticmethod
@@ -208,6 +209,8 @@ class GenerateMemoriesHandler:
         else:
             if model is None:
                 raise FailedPrecondition(NO_MODEL_MESSAGE, reason="LLM_NOT_CONFIGURED")
+            # Importing LiteLLM takes seconds: off the event loop, or heartbeats would stall.
+            await asyncio.to_thread(self._llm.warm_up)
             extracted = await extract(
                 self._llm,
                 model=model,
@@ -253,6 +256,7 @@ class GenerateMemoriesHandler:
         elif model is None:
             actions = consolidate_by_similarity(facts, similar)
         else:
+            await asyncio.to_thread(self._llm.warm_up)
             consolidated = await consolidate(
                 self._llm,
                 model=model,

@@ -93,6 +93,7 @@ class Pipeline:
     memory_server: GrpcServer | None = None
     memory_parts: MemoryParts | None = None
     memory_port: int = 0
+    sessions_port: int = 0
     worker_server: GrpcServer | None = None
     worker: ExtractionParts | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
@@ -100,17 +101,23 @@ class Pipeline:
 
     @property
     def sessions_addr(self) -> str:
-        assert self.sessions_server is not None
-        assert self.sessions_server.port
-        return f"127.0.0.1:{self.sessions_server.port}"
+        return f"127.0.0.1:{self.sessions_port}"
 
     @property
     def memory_addr(self) -> str:
         return f"127.0.0.1:{self.memory_port}"
 
     async def start_sessions(self) -> None:
+        """Start (or restart, on the same port) the sessions server."""
         settings = base_settings(self.db_url, self.nats_url, "sessions")
-        self.sessions_server = await serve(settings, build_sessions(settings))
+        self.sessions_server = await serve(settings, build_sessions(settings), self.sessions_port)
+        assert self.sessions_server.port is not None
+        self.sessions_port = self.sessions_server.port
+
+    async def stop_sessions(self) -> None:
+        if self.sessions_server is not None:
+            await self.sessions_server.stop()
+            self.sessions_server = None
 
     async def start_memory(self) -> None:
         settings = base_settings(
@@ -169,8 +176,7 @@ class Pipeline:
             await channel.close()
         await self.stop_worker()
         await self.stop_memory()
-        if self.sessions_server is not None:
-            await self.sessions_server.stop()
+        await self.stop_sessions()
 
     def channel(self, address: str) -> grpc.aio.Channel:
         channel = grpc.aio.insecure_channel(address)
