@@ -9,7 +9,7 @@ the small functions below (``rpc_finished``, ``job_started``, ``job_finished``,
 ``dead_lettered``, ``llm_call``, ``set_consumer_backlog``, ``set_tenant_counts``).
 
 Label values are bounded: gRPC methods come from the protos (unknown methods never reach the
-interceptor), free-form labels (job subjects, models, error types) keep their first
+interceptor), free-form labels (job types, models, error types) keep their first
 :data:`MAX_LABEL_VALUES` distinct values and report the rest as ``"other"``, and per-tenant
 counts keep the top :data:`TOP_TENANTS` tenants plus ``"other"``.
 """
@@ -76,7 +76,7 @@ MAX_LABEL_VALUES: Final = 64
 TOP_TENANTS: Final = 20
 #: Outcomes of a job (``job_finished(state=...)``); anything else is reported as ``"other"``.
 JOB_STATES: Final = frozenset(
-    {"succeeded", "failed", "retried", "dead_lettered", "skipped", "cancelled"}
+    {"succeeded", "failed", "retried", "dead_lettered", "poison", "skipped", "cancelled"}
 )
 
 # RPCs: sub-millisecond reads to the 30 s default deadline and long model calls.
@@ -158,27 +158,35 @@ _RPC_DURATION: Final = Histogram(
 )
 _JOBS: Final = Counter(
     "contextiq_jobs",
-    "Jobs finished by the workers, by subject and final state of the delivery.",
-    ["subject", "state"],
+    "Job deliveries handled by the workers, by job type and state (succeeded, retried, "
+    "failed, dead_lettered, poison, cancelled).",
+    ["job", "state"],
     registry=REGISTRY,
 )
 _JOBS_RUNNING: Final = Gauge(
     "contextiq_jobs_in_progress",
     "Jobs being handled right now.",
-    ["subject"],
+    ["job"],
     registry=REGISTRY,
 )
 _JOB_DURATION: Final = Histogram(
     "contextiq_job_duration_seconds",
     "Time a worker spent on one delivery of a job.",
-    ["subject", "state"],
+    ["job", "state"],
+    buckets=_LONG_BUCKETS,
+    registry=REGISTRY,
+)
+_JOB_QUEUE_WAIT: Final = Histogram(
+    "contextiq_job_queue_wait_seconds",
+    "Queue lag: time from the publish of a job to the start of its first delivery.",
+    ["job"],
     buckets=_LONG_BUCKETS,
     registry=REGISTRY,
 )
 _DEAD_LETTERS: Final = Counter(
     "contextiq_dead_letters",
     "Jobs given up on (poison or out of deliveries) and recorded as dead letters.",
-    ["subject"],
+    ["job"],
     registry=REGISTRY,
 )
 _PENDING: Final = Gauge(
@@ -247,31 +255,42 @@ def rpc_finished(full_method: str, code: str, seconds: float) -> None:
     _RPC_DURATION.labels(service, method).observe(seconds)
 
 
-def job_started(subject: str) -> None:
-    """A worker began handling a job delivered on ``subject`` (the job type's fixed subject)."""
-    _JOBS_RUNNING.labels(_subjects(subject)).inc()
-
-
-def job_finished(subject: str, state: str, seconds: float) -> None:
-    """A worker is done with one delivery of a job; pairs with :func:`job_started`.
+def job_started(job: str, *, queued_s: float | None = None) -> None:
+    """A worker began handling a delivery of a job; pair it with :func:`job_finished`.
 
     Args:
-        subject: The job type's subject (not a per-tenant one: it is a label).
-        state: One of :data:`JOB_STATES`: ``succeeded``, ``failed`` (gave up, no retry),
-            ``retried`` (nak'ed for redelivery), ``dead_lettered``, ``skipped`` (already done),
-            ``cancelled``.
-        seconds: Time spent on this delivery.
+        job: The job type (the durable consumer's name; a fixed value, it is a label).
+        queued_s: On the first delivery, the time since the job was published (queue lag).
     """
-    label = _subjects(subject)
+    label = _subjects(job)
+    _JOBS_RUNNING.labels(label).inc()
+    if queued_s is not None:
+        _JOB_QUEUE_WAIT.labels(label).observe(max(0.0, queued_s))
+
+
+def job_finished(job: str, state: str, seconds: float, *, started: bool = True) -> None:
+    """A worker is done with one delivery of a job.
+
+    Args:
+        job: The job type, as given to :func:`job_started`.
+        state: One of :data:`JOB_STATES`: ``succeeded``, ``retried`` (nak'ed for redelivery),
+            ``failed`` (reported failed, no retry), ``dead_lettered`` (out of deliveries),
+            ``poison`` (undecodable or invalid), ``skipped`` (already done), ``cancelled``
+            (handed back on shutdown).
+        seconds: Time spent on this delivery.
+        started: False when :func:`job_started` was not called for it (poison messages).
+    """
+    label = _subjects(job)
     state = state if state in JOB_STATES else OTHER
-    _JOBS_RUNNING.labels(label).dec()
+    if started:
+        _JOBS_RUNNING.labels(label).dec()
     _JOBS.labels(label, state).inc()
     _JOB_DURATION.labels(label, state).observe(seconds)
 
 
-def dead_lettered(subject: str) -> None:
+def dead_lettered(job: str) -> None:
     """A job was given up on and recorded as a dead letter."""
-    _DEAD_LETTERS.labels(_subjects(subject)).inc()
+    _DEAD_LETTERS.labels(_subjects(job)).inc()
 
 
 def llm_call(

@@ -22,6 +22,7 @@ from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from ciq_runtime import telemetry
 from ciq_runtime.errors import FailedPrecondition
 from contextiq.memory.v1 import memory_job_service_pb2_grpc
 from contextiq.sessions.v1 import session_service_pb2_grpc
@@ -156,11 +157,12 @@ class ServiceClients:
     async def start(self) -> None:
         """Open the channels (lazily connecting)."""
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        memory = grpc.aio.insecure_channel(self._memory_addr, options=options)
+        # Traced channels: each call is a CLIENT span that carries the job's trace onward.
+        memory = telemetry.open_channel(self._memory_addr, options=options)
         sessions = (
             memory
             if self._sessions_addr == self._memory_addr
-            else grpc.aio.insecure_channel(self._sessions_addr, options=options)
+            else telemetry.open_channel(self._sessions_addr, options=options)
         )
         self._channels = list(dict.fromkeys([memory, sessions]))
         self._memory = memory_job_service_pb2_grpc.MemoryJobServiceStub(memory)  # type: ignore[assignment]

@@ -33,7 +33,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 import nats.errors
@@ -42,8 +42,12 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
+from ciq_runtime import metrics, telemetry
 from ciq_runtime.errors import ContextIQError, to_status
+from ciq_runtime.logging import annotate_request, request_log_scope
 from ciq_runtime.nats import MessageDecodeError, decode_proto, ensure_pull_consumer
 from extraction_svc.dead_letters import DeadLetterStore
 
@@ -260,6 +264,7 @@ class JobRunner(Generic[_M]):
         self._dead_letters = dead_letters
         self._observer: JobObserver = observer or LoggingObserver()
         self._loop_task: asyncio.Task[None] | None = None
+        self._backlog_task: asyncio.Task[None] | None = None
         self._inflight: dict[asyncio.Task[None], Msg] = {}
         self._stopping = asyncio.Event()
 
@@ -283,10 +288,18 @@ class JobRunner(Generic[_M]):
             max_ack_pending=max(1000, config.concurrency),
         )
         self._loop_task = asyncio.create_task(self._run(), name=f"jobs-{self._spec.name}")
+        self._backlog_task = asyncio.create_task(
+            self._watch_backlog(), name=f"jobs-{self._spec.name}-backlog"
+        )
 
     async def stop(self) -> None:
         """Stop fetching, let running jobs finish for ``grace_s``, then requeue the rest."""
         self._stopping.set()
+        if self._backlog_task is not None:
+            self._backlog_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._backlog_task
+            self._backlog_task = None
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -338,6 +351,17 @@ class JobRunner(Generic[_M]):
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def _watch_backlog(self) -> None:
+        """Publish the consumer's pending and unacked counts (the queue's backlog) to metrics."""
+        while True:
+            try:
+                await metrics.observe_consumer(
+                    self._js, stream=self._config.stream, consumer=self._spec.name
+                )
+            except Exception as exc:  # noqa: BLE001 - NATS away: keep the last values
+                log.debug("reading the backlog of %s failed: %r", self._spec.name, exc)
+            await asyncio.sleep(_BACKLOG_INTERVAL_S)
+
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
@@ -369,6 +393,17 @@ class JobRunner(Generic[_M]):
                 log.debug("heartbeat of %s failed: %r", self._spec.name, exc)
 
     async def _process(self, msg: Msg) -> None:
+        """Run one delivery inside a CONSUMER span continuing the publisher's trace.
+
+        The job's ids (``describe``) join the span's attributes and every log line of the job.
+        """
+        with (
+            telemetry.consume_span(msg.subject, msg.headers, job=self._spec.name),
+            request_log_scope(),
+        ):
+            await self._process_delivery(msg)
+
+    async def _process_delivery(self, msg: Msg) -> None:
         """Run one delivery to its end: ack, nak, term or dead letter."""
         spec = self._spec
         delivery = self._delivery(msg)
@@ -380,6 +415,7 @@ class JobRunner(Generic[_M]):
             try:
                 job = decode_proto(msg, spec.message_type)
                 ids = spec.describe(job)
+                annotate_request(**ids)
                 if spec.validate is not None:
                     spec.validate(job)
             except (MessageDecodeError, InvalidJob) as exc:
@@ -392,6 +428,7 @@ class JobRunner(Generic[_M]):
                 await msg.term()
                 return
             self._observer.started(spec.name, delivery, ids)
+            _job_started(spec.name, delivery)
             try:
                 async with asyncio.timeout(self._config.job_timeout_s):
                     await spec.handle(job, delivery)
@@ -423,6 +460,7 @@ class JobRunner(Generic[_M]):
             raise
         finally:
             heartbeat.cancel()
+            _job_finished(spec.name, outcome, time.monotonic() - started, error)
             self._observer.finished(
                 spec.name,
                 delivery,
@@ -480,6 +518,7 @@ class JobRunner(Generic[_M]):
                 operation_failed=operation_failed,
                 published_at=delivery.published_at,
             )
+            metrics.dead_lettered(self._spec.name)
         except Exception:
             # Without the row the message must not be dropped: leave it to JetStream (it is
             # kept in the stream, unacked) and tell the operator loudly.
@@ -491,6 +530,37 @@ class JobRunner(Generic[_M]):
                 extra=dict(ids),
             )
             raise
+
+
+# Job outcome (``JobObserver.finished``) → metrics state.
+_STATES: dict[str, str] = {
+    "done": "succeeded",
+    "retry": "retried",
+    "failed": "failed",
+    "dead_letter": "dead_lettered",
+    "poison": "poison",
+    "requeued": "cancelled",
+}
+# How often the consumer's backlog is read for the metrics.
+_BACKLOG_INTERVAL_S = 10.0
+
+
+def _job_started(job: str, delivery: Delivery) -> None:
+    queued = None
+    published = delivery.published_at
+    if delivery.attempt == 1 and published is not None:
+        if published.tzinfo is None:
+            published = published.replace(tzinfo=UTC)
+        queued = (datetime.now(UTC) - published).total_seconds()
+    metrics.job_started(job, queued_s=queued)
+
+
+def _job_finished(job: str, outcome: str, seconds: float, error: str) -> None:
+    metrics.job_finished(job, _STATES.get(outcome, outcome), seconds, started=outcome != "poison")
+    span = trace.get_current_span()
+    span.set_attribute("contextiq.job.outcome", outcome)
+    if outcome != "done":
+        span.set_status(Status(StatusCode.ERROR, f"{outcome}: {error}"[:300]))
 
 
 def describe_fields(**fields: Any) -> dict[str, str]:
