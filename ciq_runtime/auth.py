@@ -40,6 +40,7 @@ import grpc
 import jwt
 from google.protobuf import descriptor_pool
 
+from ciq_runtime import telemetry
 from ciq_runtime.errors import PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable
 from ciq_runtime.interceptors import wrap_rpc_handler
 from ciq_runtime.principal import DEFAULT_TENANT, Permission, Principal, bind_principal
@@ -483,7 +484,8 @@ class RemoteApiKeyVerifier:
         if cached is not None and cached[0] > now:
             return cached[1]
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self._target)
+            # Traced: the verification shows in the trace of the call it authenticates.
+            self._channel = telemetry.open_channel(self._target)
         stub = api_key_service_pb2_grpc.ApiKeyServiceStub(self._channel)
         try:
             reply = await stub.VerifyApiKey(

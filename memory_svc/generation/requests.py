@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import grpc
 
-from ciq_runtime import errors
+from ciq_runtime import errors, telemetry
 from ciq_runtime.errors import FailedPrecondition, InvalidArgument
 from contextiq.memory.v1 import generation_pb2
 from contextiq.sessions.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
@@ -200,7 +200,8 @@ class SessionLookup:
                 reason="SESSIONS_NOT_CONFIGURED",
             )
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self._address)
+            # Traced: the GetSession call joins the GenerateMemories request's trace.
+            self._channel = telemetry.open_channel(self._address)
         stub = session_service_pb2_grpc.SessionServiceStub(self._channel)
         try:
             session: session_pb2.Session = await stub.GetSession(
