@@ -15,6 +15,7 @@ from extraction_svc import jobs, models
 from extraction_svc.clients import ServiceClients
 from extraction_svc.dead_letters import DeadLetterStore
 from extraction_svc.generation import GenerateMemoriesHandler, generate_memories_spec
+from extraction_svc.learn_job import LearnHandler, learn_procedural_spec
 from extraction_svc.llm import LlmClient
 from extraction_svc.runner import JobObserver, JobRunner, RunnerConfig
 from extraction_svc.servicer import ExtractionServicer
@@ -101,6 +102,7 @@ def build_extraction(settings: Settings, *, observer: JobObserver | None = None)
         clients=clients,
     )
     warm_up: list[asyncio.Task[None]] = []
+    learners: list[LearnHandler] = []
 
     async def start() -> None:
         await db.start()
@@ -119,10 +121,29 @@ def build_extraction(settings: Settings, *, observer: JobObserver | None = None)
             )
             await runner.start()
             parts.runners.append(runner)
+            learn = LearnHandler(
+                clients,
+                llm,
+                memory_addr=settings.memory_addr or "",
+                default_model=settings.llm_model,
+            )
+            await learn.start()
+            learners.append(learn)
+            learn_runner = JobRunner(
+                bus.jetstream,
+                learn_procedural_spec(learn),
+                runner_config(settings),
+                dead_letters=parts.dead_letters,
+                observer=observer,
+            )
+            await learn_runner.start()
+            parts.runners.append(learn_runner)
 
     async def stop() -> None:
         while parts.runners:
             await parts.runners.pop().stop()
+        while learners:
+            await learners.pop().close()
         if clients is not None:
             await clients.close()
         for task in warm_up:

@@ -18,7 +18,7 @@ from ciq_runtime.component_kit import PostgresResource, service_spec
 from ciq_runtime.server import Component
 from ciq_runtime.settings import Settings
 from contextiq.memory.v1 import memory_job_service_pb2_grpc, memory_service_pb2_grpc
-from contextiq.procedural.v1 import procedural_service_pb2_grpc
+from contextiq.procedural.v1 import procedural_job_service_pb2_grpc, procedural_service_pb2_grpc
 from memory_svc import models
 from memory_svc.backend import Backend
 from memory_svc.banks import BankCache, default_bank
@@ -149,6 +149,9 @@ def build_memory(
     generation, generation_tasks, generation_health, generation_stop = jobs_stream.build(
         settings, backend, engine=lambda: db.engine, relay_sweep_s=relay_sweep_s
     )
+    if generation.relay is not None:
+        # Learning jobs travel through the generation outbox and its relay.
+        procedural.learning.wake_relay = generation.relay.wake
     parts = MemoryParts(
         component=Component(name="memory", services=[]),
         backend=backend,
@@ -223,6 +226,11 @@ def build_memory(
                 "contextiq.procedural.v1.ProceduralService",
                 procedural.servicer,
                 procedural_service_pb2_grpc.add_ProceduralServiceServicer_to_server,
+            ),
+            service_spec(
+                "contextiq.procedural.v1.ProceduralJobService",
+                procedural.job_servicer,
+                procedural_job_service_pb2_grpc.add_ProceduralJobServiceServicer_to_server,
             ),
             service_spec(
                 "google.longrunning.Operations",

@@ -13,12 +13,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ciq_runtime.component_kit import NatsResource
 from ciq_runtime.nats import publish_proto
 from ciq_runtime.settings import Settings
-from contextiq.extraction.v1 import jobs_pb2
 from memory_svc.backend import Backend
 from memory_svc.generation.accept import Acceptor
 from memory_svc.generation.apply import Applier
@@ -81,9 +81,7 @@ def build(
         except RuntimeError:
             return False
 
-    async def publish(
-        subject: str, job: jobs_pb2.GenerateMemoriesJob, msg_id: str, headers: dict[str, str]
-    ) -> None:
+    async def publish(subject: str, job: Message, msg_id: str, headers: dict[str, str]) -> None:
         assert bus is not None
         await publish_proto(
             bus.jetstream,

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 from opentelemetry import propagate
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,27 +33,35 @@ from ciq_runtime.db import transaction
 from contextiq.extraction.v1 import jobs_pb2
 from memory_svc.generation.tables import generation_outbox
 
-__all__ = ["GENERATE_SUBJECT", "Relay", "enqueue"]
+__all__ = ["GENERATE_SUBJECT", "LEARN_SUBJECT", "Relay", "enqueue"]
 
 log = logging.getLogger(__name__)
 
 #: Subject of memory generation jobs (``extraction_svc.jobs.GENERATE_MEMORIES_SUBJECT``).
 GENERATE_SUBJECT: Final = "contextiq.jobs.memory.generate"
+#: Subject of procedural learning jobs (``extraction_svc.jobs.LEARN_PROCEDURAL_SUBJECT``).
+LEARN_SUBJECT: Final = "contextiq.jobs.procedural.learn"
+#: The job message of each subject the outbox carries.
+JOB_TYPES: Final[dict[str, type[Message]]] = {
+    GENERATE_SUBJECT: jobs_pb2.GenerateMemoriesJob,
+    LEARN_SUBJECT: jobs_pb2.LearnProceduralJob,
+}
 _BATCH: Final = 64
 _BACKOFF_S: Final = (0.5, 30.0)
 
 ob = generation_outbox
 
-Publisher = Callable[[str, jobs_pb2.GenerateMemoriesJob, str, dict[str, str]], Awaitable[None]]
+Publisher = Callable[[str, Message, str, dict[str, str]], Awaitable[None]]
 
 
 async def enqueue(
     session: AsyncSession,
     *,
-    job: jobs_pb2.GenerateMemoriesJob,
+    job: jobs_pb2.GenerateMemoriesJob | jobs_pb2.LearnProceduralJob,
     now: datetime,
+    subject: str = GENERATE_SUBJECT,
 ) -> None:
-    """Add the job to the outbox inside the caller's transaction.
+    """Add the job (published on ``subject``) to the outbox inside the caller's transaction.
 
     The current trace context (the accepting request's) is stored with it and travels as
     message headers, so the worker's spans join the request's trace.
@@ -63,7 +72,7 @@ async def enqueue(
         insert(ob).values(
             operation_name=job.operation_name,
             tenant_id=job.tenant_id,
-            subject=GENERATE_SUBJECT,
+            subject=subject,
             payload=job.SerializeToString(),
             headers=headers,
             attempts=0,
@@ -190,7 +199,7 @@ class Relay:
         return len(rows)
 
     async def _publish_row(self, row: Any) -> None:
-        job = jobs_pb2.GenerateMemoriesJob.FromString(row.payload)
+        job = JOB_TYPES.get(row.subject, jobs_pb2.GenerateMemoriesJob).FromString(row.payload)
         await self._publish(row.subject, job, row.operation_name, dict(row.headers or {}))
 
     async def pending(self) -> int:

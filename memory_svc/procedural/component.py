@@ -16,8 +16,9 @@ from memory_svc.indexing import run_every
 from memory_svc.procedural import models
 from memory_svc.procedural.candidates import CandidateOps
 from memory_svc.procedural.indexing import ProceduralIndex
+from memory_svc.procedural.learning import Learning
 from memory_svc.procedural.search import ProceduralSearcher
-from memory_svc.procedural.servicer import ProceduralServicer
+from memory_svc.procedural.servicer import ProceduralJobServicer, ProceduralServicer
 from memory_svc.procedural.store import ProceduralStore
 
 __all__ = ["ProceduralParts", "build_procedural"]
@@ -35,7 +36,9 @@ class ProceduralParts:
         store: Workflows, skills and trajectories.
         candidates: Skill candidates.
         search: SearchProcedural.
+        learning: LearnFromTrajectories and the worker's calls.
         servicer: The gRPC servicer.
+        job_servicer: The internal ProceduralJobService servicer (the learning worker's).
         repair_interval_s: Pause between index repairs.
         tasks: Background loops, running between start and stop.
     """
@@ -45,7 +48,9 @@ class ProceduralParts:
     store: ProceduralStore
     candidates: CandidateOps
     search: ProceduralSearcher
+    learning: Learning
     servicer: ProceduralServicer
+    job_servicer: ProceduralJobServicer
     repair_interval_s: float
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -101,12 +106,15 @@ def build_procedural(
     store = ProceduralStore(backend, sessions=lambda: db.sessions, index=index)
     candidates = CandidateOps(store)
     search = ProceduralSearcher(backend, store)
+    learning = Learning(backend, store, candidates, default_model=settings.llm_model or "")
     return ProceduralParts(
         db=db,
         index=index,
         store=store,
         candidates=candidates,
         search=search,
-        servicer=ProceduralServicer(store, search, candidates),  # type: ignore[abstract]
+        learning=learning,
+        servicer=ProceduralServicer(store, search, candidates, learning),
+        job_servicer=ProceduralJobServicer(learning),
         repair_interval_s=repair_interval_s,
     )

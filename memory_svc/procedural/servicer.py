@@ -9,20 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2
 
 from ciq_runtime.principal import current_principal
 from ciq_runtime.unimplemented import answer_unimplemented
 from contextiq.procedural.v1 import (
+    procedural_job_service_pb2,
+    procedural_job_service_pb2_grpc,
     procedural_pb2,
     procedural_service_pb2,
     procedural_service_pb2_grpc,
 )
+from memory_svc.generation.servicer import acting_tenant
 from memory_svc.procedural.candidates import CandidateOps
+from memory_svc.procedural.learning import Learning
 from memory_svc.procedural.search import ProceduralSearcher
 from memory_svc.procedural.store import ProceduralStore
 
-__all__ = ["ProceduralServicer"]
+__all__ = ["ProceduralJobServicer", "ProceduralServicer"]
 
 pb = procedural_service_pb2
 
@@ -39,12 +44,23 @@ class ProceduralServicer(procedural_service_pb2_grpc.ProceduralServiceServicer):
     """ProceduralService: workflows, skills, trajectories, search, candidates and learning."""
 
     def __init__(
-        self, store: ProceduralStore, search: ProceduralSearcher, candidates: CandidateOps
+        self,
+        store: ProceduralStore,
+        search: ProceduralSearcher,
+        candidates: CandidateOps,
+        learning: Learning,
     ) -> None:
         """Bind to the procedural operations."""
         self._store = store
         self._search = search
         self._candidates = candidates
+        self._learning = learning
+
+    async def LearnFromTrajectories(
+        self, request: pb.LearnFromTrajectoriesRequest, context: Any
+    ) -> operations_pb2.Operation:
+        """Start learning from a scope's trajectories (a long-running operation)."""
+        return await self._learning.start(_tenant(), request)
 
     async def CreateWorkflow(
         self, request: pb.CreateWorkflowRequest, context: Any
@@ -175,3 +191,34 @@ class ProceduralServicer(procedural_service_pb2_grpc.ProceduralServiceServicer):
     ) -> procedural_pb2.SkillCandidate:
         """Reject a candidate."""
         return await self._candidates.reject(_tenant(), request)
+
+
+@answer_unimplemented(
+    procedural_job_service_pb2.DESCRIPTOR.services_by_name["ProceduralJobService"],
+    procedural_job_service_pb2_grpc.ProceduralJobServiceServicer,
+)
+class ProceduralJobServicer(procedural_job_service_pb2_grpc.ProceduralJobServiceServicer):
+    """ProceduralJobService: the internal RPCs of the learning worker (ADMIN; the request's
+    tenant_id must be the credential's tenant)."""
+
+    def __init__(self, learning: Learning) -> None:
+        """Bind to the learning operations."""
+        self._learning = learning
+
+    async def GetLearningInput(
+        self, request: procedural_job_service_pb2.GetLearningInputRequest, context: Any
+    ) -> procedural_job_service_pb2.LearningInput:
+        """The operation's trajectories and the scope's workflows."""
+        return await self._learning.learning_input(acting_tenant(request.tenant_id), request)
+
+    async def ReportLearningProgress(
+        self, request: procedural_job_service_pb2.ReportLearningProgressRequest, context: Any
+    ) -> operations_pb2.Operation:
+        """Record progress (or the failure) of a learning operation."""
+        return await self._learning.report(acting_tenant(request.tenant_id), request)
+
+    async def CompleteLearning(
+        self, request: procedural_job_service_pb2.CompleteLearningRequest, context: Any
+    ) -> pb.LearnFromTrajectoriesResponse:
+        """Store the proposals as candidates and finish the operation (idempotent)."""
+        return await self._learning.complete(acting_tenant(request.tenant_id), request)
