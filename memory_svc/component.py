@@ -146,6 +146,7 @@ def build_memory(
     procedural = build_procedural(
         settings, backend, repair_interval_s=repair_interval_s, repair_after_s=repair_after_s
     )
+    reindexer.also_rebuild = procedural.index.rebuild
     generation, generation_tasks, generation_health, generation_stop = jobs_stream.build(
         settings, backend, engine=lambda: db.engine, relay_sweep_s=relay_sweep_s
     )

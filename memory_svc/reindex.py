@@ -9,6 +9,10 @@ write) are removed, and after a model change the old collection's points of the 
 dropped and the bank switches to the new model (writes and searches work again).
 
 An operation interrupted by a restart is resumed on start: every step is idempotent.
+
+Reindexing a tenant's default bank also rebuilds the tenant's procedural objects (workflows,
+skills, trajectories), the other part of the index derived from Postgres (the component sets
+``Reindexer.also_rebuild``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from google.longrunning import operations_pb2
@@ -47,6 +52,8 @@ class Reindexer:
         """Bind to the service's resources."""
         self._b = backend
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Rebuilds a tenant's other derived points when its default bank is reindexed.
+        self.also_rebuild: Callable[[str], Awaitable[int]] | None = None
 
     async def start(
         self, tenant_id: str, request: memory_service_pb2.ReindexMemoriesRequest
@@ -101,6 +108,8 @@ class Reindexer:
         b = self._b
         try:
             indexed = await self._rebuild(name, tenant_id, bank_id)
+            if self.also_rebuild is not None and bank_id == banks.DEFAULT_BANK:
+                await self.also_rebuild(tenant_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

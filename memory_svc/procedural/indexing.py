@@ -200,8 +200,9 @@ class ProceduralIndex:
     async def rebuild(self, tenant_id: str | None = None) -> int:
         """Rebuild the points of one tenant (every tenant when None) from Postgres.
 
-        Drops the tenant's points, then re-indexes every workflow, skill and trajectory in
-        batches (embedding rows whose stored vector is missing or of another model).
+        Re-indexes every workflow, skill and trajectory in batches (embedding rows whose
+        stored vector is missing or of another model), then drops the tenant's points that
+        Postgres no longer holds. Searches keep working meanwhile.
 
         Returns:
             The number of objects indexed.
@@ -216,9 +217,11 @@ class ProceduralIndex:
                     )
         else:
             tenants = {tenant_id}
+        index = self._b.sync.index
         total = 0
         for tenant in sorted(tenants):
-            await self._b.sync.index.delete_bank(name, tenant_id=tenant, bank_id=BANK)
+            before = await index.point_ids(name, tenant_id=tenant, bank_id=BANK)
+            live: set[uuid.UUID] = set()
             for kind, table in TABLES.items():
                 after: uuid.UUID | None = None
                 while True:
@@ -232,9 +235,21 @@ class ProceduralIndex:
                         break
                     after = rows[-1].id
                     upserts = await self._vectors(kind, rows)
-                    await self._b.sync.index.upsert(
-                        name, [self.point(u.kind, u.row, u.vector) for u in upserts]
-                    )
+                    await index.upsert(name, [self.point(u.kind, u.row, u.vector) for u in upserts])
                     await self._mark_clean(upserts)
+                    live.update(row.id for row in rows)
                     total += len(rows)
+            gone = before - live
+            if gone:
+                # Objects created while the rebuild ran were indexed by their own write.
+                async with self._sessions()() as session:
+                    for table in TABLES.values():
+                        gone -= set(
+                            (
+                                await session.execute(
+                                    select(table.c.id).where(table.c.id.in_(list(gone)))
+                                )
+                            ).scalars()
+                        )
+                await index.delete(name, sorted(gone))
         return total

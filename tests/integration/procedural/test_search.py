@@ -4,15 +4,18 @@ index can be rebuilt from Postgres."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
+from google.longrunning import operations_pb2_grpc
 from google.protobuf import field_mask_pb2
 
 from contextiq.common.v1 import common_pb2
 from contextiq.procedural.v1 import procedural_pb2
+from memory_svc.index.protocol import NEVER, IndexFilter, IndexPoint
 from tests.integration.memory.conftest import MemoryServer, field_of
 from tests.integration.procedural.conftest import (
     Stub,
@@ -200,3 +203,53 @@ async def test_failed_index_writes_are_repaired(
     finally:
         procedural_server.clock.offset = type(procedural_server.clock.offset)(0)
     assert ids(await search(stub, who, "rotate credentials"))[:1] == [created.id]
+
+
+async def test_reindexing_the_default_bank_rebuilds_procedural_points(
+    stub: Stub,
+    channel: grpc.aio.Channel,
+    auth: Callable[..., Who],
+    tenant: str,
+    procedural_server: MemoryServer,
+    corpus: dict[str, Any],
+) -> None:
+    from contextiq.memory.v1 import memory_service_pb2, memory_service_pb2_grpc
+    from tests.integration.memory.test_reindex import wait_done
+
+    who = auth()
+    parts = procedural_server.parts.procedural
+    assert parts is not None
+    collection = await parts.index.collection()
+    index = procedural_server.parts.index
+    await index.delete_bank(collection, tenant_id=tenant, bank_id="procedural")
+    # A stale point Postgres does not hold (a lost delete) is dropped by the rebuild.
+    await stub.DeleteSkill(pb.DeleteSkillRequest(id=corpus["plan"].id), metadata=who)
+    stale = IndexPoint(
+        id=uuid.UUID(corpus["plan"].id),
+        dense=(await parts.index.embed(["weather forecast for a city"]))[0],
+        sparse=parts.index.keyword.document("weather forecast for a city"),
+        tenant_id=tenant,
+        bank_id="procedural",
+        scope_key="[]",
+        scope_pairs=[],
+        topic="skill:reasoning_pattern",
+        created_at=0.0,
+        updated_at=0.0,
+        expires_at=NEVER,
+    )
+    await index.upsert(collection, [stale])
+    operation = await memory_service_pb2_grpc.MemoryServiceStub(channel).ReindexMemories(
+        memory_service_pb2.ReindexMemoriesRequest(), metadata=who
+    )
+    await wait_done(operations_pb2_grpc.OperationsStub(channel), who, operation.name)
+    results = await search(stub, who, "weather forecast for a city")
+    assert ids(results)[0] == corpus["weather"].id
+    assert corpus["plan"].id not in ids(results)
+    assert len(results) == 3
+    assert (
+        await index.count(
+            collection,
+            IndexFilter(tenant_id=tenant, bank_id="procedural"),
+        )
+        == 3
+    )
