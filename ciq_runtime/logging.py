@@ -170,12 +170,17 @@ def bind_log_context(**fields: object) -> Iterator[None]:
 
 
 def current_log_context() -> Mapping[str, object]:
-    """Return the fields bound by the enclosing :func:`bind_log_context` blocks.
+    """Return the fields the current log lines carry: request scope, then bound context.
 
     Returns:
-        A read-only mapping (empty outside any block).
+        A read-only mapping (empty outside any block): the fields of the enclosing
+        :func:`request_log_scope` (with what :func:`annotate_request` added), overridden by
+        those of the enclosing :func:`bind_log_context` blocks.
     """
-    return _LOG_CONTEXT.get()
+    request = _REQUEST_FIELDS.get()
+    if not request:
+        return _LOG_CONTEXT.get()
+    return MappingProxyType({**request, **_LOG_CONTEXT.get()})
 
 
 def is_sensitive_key(key: str) -> bool:

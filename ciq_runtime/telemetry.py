@@ -37,7 +37,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
@@ -121,11 +121,25 @@ class _Forwarder(SpanProcessor):
     """Sends finished spans to the exporters tests install (added to the provider only once)."""
 
     def __init__(self) -> None:
-        self.processors: list[SimpleSpanProcessor] = []
+        self.exporters: list[InMemorySpanExporter] = []
 
     def on_end(self, span: Any) -> None:
-        for processor in list(self.processors):
-            processor.on_end(span)
+        for exporter in list(self.exporters):
+            exporter.export((span,))
+
+
+class _TestExporter(InMemorySpanExporter):
+    """An in-memory exporter that stops receiving spans once shut down."""
+
+    def __init__(self, forwarder: _Forwarder) -> None:
+        super().__init__()
+        self._forwarder = forwarder
+
+    def shutdown(self) -> None:
+        with _lock:
+            if self in self._forwarder.exporters:
+                self._forwarder.exporters.remove(self)
+        super().shutdown()
 
 
 def install_test_exporter(*, service_name: str = "contextiq-tests") -> InMemorySpanExporter:
@@ -147,8 +161,8 @@ def install_test_exporter(*, service_name: str = "contextiq-tests") -> InMemoryS
             forwarder = _Forwarder()
             provider.add_span_processor(forwarder)
             provider._ciq_test_forwarder = forwarder  # type: ignore[attr-defined]
-        exporter = InMemorySpanExporter()
-        forwarder.processors.append(SimpleSpanProcessor(exporter))
+        exporter = _TestExporter(forwarder)
+        forwarder.exporters.append(exporter)
     return exporter
 
 

@@ -131,6 +131,10 @@ class GenerateMemoriesHandler:
             for k, v in {
                 "operation_name": job.operation_name,
                 "tenant_id": job.tenant_id,
+                "session_id": job.request.source_reference
+                if job.request.source_type == "session"
+                else "",
+                "bank_id": job.request.bank_id,
             }.items()
             if v
         }

@@ -343,7 +343,7 @@ def _context_ids() -> dict[str, str]:
     fields = current_log_context()
     ids = {
         f"contextiq.{key}": str(fields[key])
-        for key in ("tenant_id", "session_id", "operation_id", "bank_id")
+        for key in ("tenant_id", "session_id", "operation_name", "bank_id")
         if fields.get(key)
     }
     principal = maybe_principal()
