@@ -174,6 +174,11 @@ def _workflow_json(workflow: procedural_pb2.Workflow) -> str:
     )
 
 
+def _data(text: str) -> str:
+    # "<" escaped as JSON allows: no data line can close (or open) a delimiter.
+    return text.replace("<", "\\u003c")
+
+
 def learning_messages(
     trajectories: Sequence[procedural_pb2.Trajectory],
     workflows: Sequence[procedural_pb2.Workflow],
@@ -181,8 +186,8 @@ def learning_messages(
     max_candidates: int,
 ) -> list[dict[str, str]]:
     """The system and user messages of one learning call."""
-    lines = "\n".join(_trajectory_json(t) for t in trajectories)
-    known = "\n".join(_workflow_json(w) for w in workflows)
+    lines = "\n".join(_data(_trajectory_json(t)) for t in trajectories)
+    known = "\n".join(_data(_workflow_json(w)) for w in workflows)
     return [
         {"role": "system", "content": _SYSTEM.format(max_candidates=max_candidates)},
         {
