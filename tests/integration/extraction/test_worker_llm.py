@@ -3,17 +3,21 @@ every source, the watermark, dry runs, model failures, hallucinated ids and inje
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from google.longrunning import operations_pb2
 from google.rpc import code_pb2
 
 from ciq_runtime.embedded import EmbeddedNats
 from contextiq.memory.v1 import memory_service_pb2
 from contextiq.sessions.v1 import session_pb2, session_service_pb2
+from extraction_svc import jobs
 from tests.auth_helpers import bearer
 from tests.integration.extraction.pipeline import (
     Pipeline,
@@ -413,3 +417,70 @@ async def test_a_slow_model_is_not_redelivered_while_heartbeats_go_on(
     assert metadata_of(done).attempt == 1
     assert len(llm.requests) == 1
     assert len(await pipeline.list_memories(tenant)) == 1
+
+
+async def test_concurrent_only_unprocessed_generations_store_each_fact_once(
+    pipeline: Pipeline, tenant: str, llm: ScriptedLLM
+) -> None:
+    llm.fallback = echo_model
+    try:
+        session = await pipeline.create_session(tenant, user_id="dana")
+        for text in ("I live in Lisbon.", "I have two cats.", "I work as a nurse."):
+            await pipeline.append(tenant, session.id, "user", text)
+        request = {
+            "source_type": "session",
+            "source_reference": session.id,
+            "config": {"only_unprocessed": True},
+        }
+        names = [(await pipeline.generate(tenant, **request)).name for _ in range(3)]
+        results = [response_of(await pipeline.wait_done(tenant, name)) for name in names]
+        # Whichever applied first took the events; the others found the watermark moved
+        # (compare-and-set), read again from it and had nothing left.
+        assert sorted(r.memories_created for r in results) == [0, 0, 3]
+        facts = sorted(m.fact for m in await pipeline.list_memories(tenant))
+        assert facts == [
+            "The user said: I have two cats.",
+            "The user said: I live in Lisbon.",
+            "The user said: I work as a nurse.",
+        ]
+    finally:
+        llm.fallback = None
+
+
+async def test_a_cancelled_operation_is_skipped_by_the_worker(
+    pipeline: Pipeline, tenant: str, llm: ScriptedLLM
+) -> None:
+    assert pipeline.worker is not None
+    js = pipeline.worker.bus.jetstream
+    published_before = (await js.stream_info(jobs.STREAM)).state.last_seq
+    await pipeline.stop_worker()
+    try:
+        operation = await pipeline.generate(
+            tenant,
+            source_type="events",
+            scope=SCOPE,
+            events=[text_event("e1", "user", "I like tea.")],
+        )
+        await pipeline.operations().CancelOperation(
+            operations_pb2.CancelOperationRequest(name=operation.name), metadata=bearer(tenant)
+        )
+    finally:
+        await pipeline.start_worker()
+    done = await pipeline.wait_done(tenant, operation.name)
+    assert done.error.code == code_pb2.CANCELLED
+    # The job still reaches the worker, which must end it without calling the model.
+    assert pipeline.worker is not None
+    js = pipeline.worker.bus.jetstream
+
+    async def consumed() -> bool:
+        stream = await js.stream_info(jobs.STREAM)
+        info = await js.consumer_info(jobs.STREAM, "memory-generate")
+        published = stream.state.last_seq > published_before
+        return published and stream.state.messages == 0 and info.num_ack_pending == 0
+
+    deadline = time.monotonic() + 30
+    while not await consumed():
+        assert time.monotonic() < deadline, "the job was never consumed"
+        await asyncio.sleep(0.05)
+    assert llm.requests == []
+    assert await pipeline.list_memories(tenant) == []
