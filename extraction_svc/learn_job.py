@@ -31,6 +31,7 @@ from typing import Any, Final
 import grpc
 from google.rpc import code_pb2, status_pb2
 
+from ciq_runtime import telemetry
 from ciq_runtime.errors import ContextIQError, FailedPrecondition, to_status
 from contextiq.extraction.v1 import jobs_pb2
 from contextiq.procedural.v1 import (
@@ -351,7 +352,8 @@ class LearnHandler:
 
     async def start(self) -> None:
         """Open the channel to the memory service."""
-        self._channel = grpc.aio.insecure_channel(
+        # Traced: the calls join the job's trace.
+        self._channel = telemetry.open_channel(
             self._memory_addr, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         )
         self._stub = procedural_job_service_pb2_grpc.ProceduralJobServiceStub(self._channel)
