@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 
+from ciq_runtime import metrics, telemetry
+from ciq_runtime.logging import configure_logging
 from gateway.app import create_app
 from gateway.server import GatewayServer, GatewayStartError
 from gateway.settings import DEFAULT_SERVICES, GatewaySettings, SettingsError
@@ -29,6 +31,7 @@ async def run(settings: GatewaySettings) -> None:
         routes_from=services,
         upstreams=settings.upstreams,
         request_timeout_s=settings.request_timeout_s,
+        extra_metrics=[metrics.REGISTRY],
     )
     server = GatewayServer(app, host=settings.host, port=settings.port)
     stop = asyncio.Event()
@@ -44,8 +47,19 @@ async def run(settings: GatewaySettings) -> None:
 
 def main() -> int:
     """Entry point; returns the exit status."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    try:
+        # One JSON line per event, like the services (CONTEXTIQ_LOG_LEVEL / _FORMAT).
+        configure_logging(
+            service="gateway",
+            level=os.environ.get("CONTEXTIQ_LOG_LEVEL") or "INFO",
+            fmt=(os.environ.get("CONTEXTIQ_LOG_FORMAT") or "json").lower(),
+        )
+    except ValueError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    # Spans are exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    telemetry.setup_tracing(
+        service_name="gateway", otlp_endpoint=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
     )
     try:
         settings = GatewaySettings.from_env(os.environ)
@@ -53,6 +67,8 @@ def main() -> int:
     except (SettingsError, GatewayStartError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
+    finally:
+        telemetry.shutdown_tracing()
     return 0
 
 
