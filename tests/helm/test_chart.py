@@ -193,9 +193,13 @@ def test_services_select_their_deployments_pods(
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert selector.items() <= pod_labels.items()
         assert services[name]["spec"]["selector"] == selector
-        (port,) = services[name]["spec"]["ports"]
         (container,) = containers(deployment)
-        assert port["targetPort"] in {p["name"] for p in container["ports"]}
+        container_ports = {p["name"] for p in container["ports"]}
+        service_ports = services[name]["spec"]["ports"]
+        assert {port["targetPort"] for port in service_ports} == container_ports
+        # gRPC components also expose their Prometheus /metrics port; the gateway serves
+        # /metrics on its HTTP port.
+        assert container_ports in ({"grpc", "metrics"}, {"http"})
 
 
 @pytest.mark.parametrize("files", VARIANTS)
@@ -424,20 +428,30 @@ def test_migration_job_is_a_pre_install_and_pre_upgrade_hook(renderer: Renderer)
     assert set(by_name(disabled, "Secret")) == {FULLNAME}
 
 
-def test_service_monitor_is_optional_and_scrapes_the_gateway(renderer: Renderer) -> None:
+def test_service_monitor_is_optional_and_scrapes_every_component(renderer: Renderer) -> None:
     assert kinds(renderer.render(), "ServiceMonitor") == []
     manifests = renderer.render(files=(PRODUCTION,))
     (monitor,) = kinds(manifests, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] == "http"
-    assert endpoint["path"] == "/metrics"
-    gateway = by_name(manifests, "Service")["ciq-gateway"]
-    assert (
-        monitor["spec"]["selector"]["matchLabels"].items() <= gateway["metadata"]["labels"].items()
-    )
-    assert endpoint["port"] in {p["name"] for p in gateway["spec"]["ports"]}
+    endpoints = {e["port"]: e for e in monitor["spec"]["endpoints"]}
+    assert set(endpoints) == {"http", "metrics"}
+    assert {e["path"] for e in endpoints.values()} == {"/metrics"}
+    (configmap,) = kinds(manifests, "ConfigMap")
+    deployments = by_name(manifests, "Deployment")
+    services = by_name(manifests, "Service")
+    assert set(services) == {f"ciq-{c}" for c in ("sessions", "memory", "extraction", "gateway")}
+    for name, service in services.items():
+        # Selected by the monitor, and exposing exactly one of its endpoints' ports.
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= service["metadata"]["labels"].items()
+        scraped = {p["name"] for p in service["spec"]["ports"]} & set(endpoints)
+        assert len(scraped) == 1
+        if scraped == {"metrics"}:
+            # The port the process serves /metrics on (CONTEXTIQ_METRICS_PORT).
+            (container,) = containers(deployments[name])
+            (port,) = [p for p in container["ports"] if p["name"] == "metrics"]
+            assert str(port["containerPort"]) == configmap["data"]["CONTEXTIQ_METRICS_PORT"]
 
 
 def test_gateway_can_be_left_out(renderer: Renderer) -> None:
@@ -446,7 +460,9 @@ def test_gateway_can_be_left_out(renderer: Renderer) -> None:
     )
     names = {m["metadata"]["name"] for m in manifests}
     assert not any(name.endswith("-gateway") for name in names)
-    assert kinds(manifests, "ServiceMonitor") == []
+    # The services' and the worker's /metrics are still scraped.
+    (monitor,) = kinds(manifests, "ServiceMonitor")
+    assert "metrics" in {e["port"] for e in monitor["spec"]["endpoints"]}
 
 
 def test_image_digest_wins_over_the_tag(renderer: Renderer) -> None:

@@ -80,6 +80,11 @@ spec:
             - name: {{ $portName }}
               containerPort: {{ $port }}
               protocol: TCP
+            {{- if not .http }}
+            - name: metrics
+              containerPort: {{ $root.containerPorts.metrics }}
+              protocol: TCP
+            {{- end }}
           envFrom:
             - configMapRef:
                 name: {{ include "contextiq.fullname" $ctx }}
@@ -180,6 +185,13 @@ spec:
       targetPort: {{ $portName }}
       protocol: TCP
       appProtocol: {{ $portName }}
+    {{- if not .http }}
+    - name: metrics
+      port: {{ $ctx.Values.containerPorts.metrics }}
+      targetPort: metrics
+      protocol: TCP
+      appProtocol: http
+    {{- end }}
 {{- end }}
 
 {{- define "contextiq.hpa" -}}
