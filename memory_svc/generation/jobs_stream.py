@@ -97,7 +97,6 @@ def build(
             sessions=lambda: backend.sessions,
             publish=publish,
             connected=connected,
-            clock=backend.clock,
             sweep_interval_s=relay_sweep_s,
         )
         if bus is not None

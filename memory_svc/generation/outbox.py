@@ -26,7 +26,7 @@ from typing import Any, Final
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from opentelemetry import propagate
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ciq_runtime.db import transaction
@@ -76,7 +76,8 @@ async def enqueue(
             payload=job.SerializeToString(),
             headers=headers,
             attempts=0,
-            next_attempt_at=now,
+            # The database's clock schedules the relay: replicas' clocks may differ.
+            next_attempt_at=func.now(),
             created_at=now,
         )
     )
@@ -112,7 +113,6 @@ class Relay:
         sessions: Callable[[], async_sessionmaker[AsyncSession]],
         publish: Publisher,
         connected: Callable[[], bool],
-        clock: Callable[[], datetime],
         sweep_interval_s: float = 2.0,
     ) -> None:
         """Create the relay (started with :meth:`run` as a background task).
@@ -122,13 +122,11 @@ class Relay:
             publish: Publishes one job ``(subject, job, msg_id, headers)`` and returns once
                 JetStream acknowledged it; raises otherwise.
             connected: Whether NATS is connected now (no publish is tried while it is not).
-            clock: Current time.
             sweep_interval_s: Pause between sweeps when nobody wakes the relay.
         """
         self._sessions = sessions
         self._publish = publish
         self._connected = connected
-        self._clock = clock
         self._sweep_interval_s = sweep_interval_s
         self._wake = asyncio.Event()
 
@@ -155,12 +153,11 @@ class Relay:
         """Publish one batch of due rows; returns how many rows were taken."""
         if not self._connected():
             return 0
-        now = self._clock()
         async with transaction(self._sessions()) as session:
             rows = (
                 await session.execute(
                     select(ob)
-                    .where(ob.c.next_attempt_at <= now)
+                    .where(ob.c.next_attempt_at <= func.now())
                     .order_by(ob.c.id)
                     .limit(_BATCH)
                     .with_for_update(skip_locked=True)
@@ -188,7 +185,7 @@ class Relay:
                         .where(ob.c.id == row.id)
                         .values(
                             attempts=ob.c.attempts + 1,
-                            next_attempt_at=self._clock() + _backoff(row.attempts),
+                            next_attempt_at=func.now() + _backoff(row.attempts),
                             last_error=repr(outcome)[:500],
                         )
                     )

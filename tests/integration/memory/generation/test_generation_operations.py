@@ -352,3 +352,39 @@ async def test_several_relays_publish_each_job_once(
             assert len(messages) == 1
     finally:
         await second.server.stop()
+
+
+async def test_failed_publishes_are_retried_with_backoff_until_jetstream_acks(
+    gen_server: GenServer, mem: MemStub, who: Metadata, tenant: str, pg_dsn: str
+) -> None:
+    import nats
+
+    from ciq_runtime.nats import ensure_stream
+    from memory_svc.generation.jobs_stream import JOBS_STREAM, JOBS_SUBJECTS
+
+    client = await nats.connect(gen_server.nats.url)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        js = client.jetstream()
+        # Connected, but no stream captures the subject: every publish fails.
+        await js.delete_stream(JOBS_STREAM)
+        operation = await new_operation(mem, who, "published after a failure")
+
+        async def failed_twice() -> bool:
+            row = await conn.fetchrow(
+                "SELECT attempts, last_error FROM memory.generation_outbox "
+                "WHERE operation_name = $1",
+                operation,
+            )
+            return row is not None and row["attempts"] >= 2 and row["last_error"] != ""
+
+        await eventually(failed_twice, within=30.0)
+        await ensure_stream(js, name=JOBS_STREAM, subjects=JOBS_SUBJECTS, retention="workqueue")
+
+        messages = await published_for(gen_server.nats.url, operation, within=60.0)
+
+        assert len(messages) == 1
+        await eventually(lambda: _empty(conn, tenant), within=30.0)
+    finally:
+        await conn.close()
+        await client.close()
