@@ -121,17 +121,30 @@ def test_http_health_reports_every_component(stack: StackProcess) -> None:
     assert body["components"]["nats"] == "SERVING"
 
 
-def test_unbuilt_rpc_says_unimplemented_not_fake_data(stack: StackProcess) -> None:
+def test_procedural_memory_through_the_stack(stack: StackProcess) -> None:
+    headers = {"X-API-Key": BOOTSTRAP_KEY}
+    created = httpx.post(
+        f"{stack.http_base}/api/v1/procedural/skills",
+        json={
+            "name": "Book a flight",
+            "skill_type": "tool_usage",
+            "description": "Search fares and book the cheapest flight.",
+            "implementation": "flights.search(); flights.book(cheapest)",
+        },
+        headers=headers,
+        timeout=10,
+    )
+    assert created.status_code == 200, created.text
     reply = httpx.post(
         f"{stack.http_base}/api/v1/procedural/search",
         json={"search_query": "book a flight", "top_k": 5},
-        headers={"X-API-Key": BOOTSTRAP_KEY},
+        headers=headers,
         timeout=10,
     )
-    assert reply.status_code == 501
-    error = reply.json()["error"]
-    assert error["code"] == "UNIMPLEMENTED"
-    assert "ProceduralService/SearchProcedural" in error["message"]
+    assert reply.status_code == 200, reply.text
+    results = reply.json()["results"]
+    assert results[0]["kind"] == "skill"
+    assert results[0]["skill"]["id"] == created.json()["id"]
 
 
 async def test_postgres_and_nats_are_real_and_reachable(stack: StackProcess) -> None:
