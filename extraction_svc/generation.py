@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.longrunning import operations_pb2
@@ -169,18 +170,23 @@ class GenerateMemoriesHandler:
     async def _run(self, job: jobs_pb2.GenerateMemoriesJob, delivery: Delivery) -> None:
         request = job.request
         first_state = "consolidating" if request.source_type == "facts" else "extracting"
-        await self._report(job, delivery, first_state)
-        bank = await self._clients.memory.GetJobBank(
-            memory_job_service_pb2.GetJobBankRequest(
-                tenant_id=job.tenant_id, bank_id=request.bank_id
+        # The first report tells whether the operation already ended; the reads run meanwhile
+        # (they change nothing, and are discarded if it did).
+        _, bank, source = await _together(
+            self._report(job, delivery, first_state),
+            self._clients.memory.GetJobBank(
+                memory_job_service_pb2.GetJobBankRequest(
+                    tenant_id=job.tenant_id, bank_id=request.bank_id
+                ),
+                metadata=self._md(job, delivery),
+                timeout=self._clients.timeout_s,
             ),
-            metadata=self._md(job, delivery),
-            timeout=self._clients.timeout_s,
+            self._source(job, delivery),
         )
         model = request.config.model or bank.extraction_model or self._default_model or None
         for rerun in range(MAX_WATERMARK_RERUNS + 1):
             try:
-                await self._generate(job, delivery, bank, model)
+                await self._generate(job, delivery, bank, model, source)
                 return
             except _WatermarkMoved:
                 log.info(
@@ -189,6 +195,7 @@ class GenerateMemoriesHandler:
                     job.operation_name,
                     rerun + 1,
                 )
+                source = await self._source(job, delivery)
         raise RetryJob(
             status_pb2.Status(
                 code=code_pb2.ABORTED,
@@ -202,12 +209,13 @@ class GenerateMemoriesHandler:
         delivery: Delivery,
         bank: memory_pb2.MemoryBank,
         model: str | None,
+        source: _Source,
     ) -> None:
         request = job.request
         config = request.config
         usage = Usage()
         topics = _topics(bank, config.topics)
-        source = await self._source(job, delivery)
+        reported: Awaitable[object] | None = None
         if request.source_type == "facts":
             facts = source.facts
         else:
@@ -225,7 +233,7 @@ class GenerateMemoriesHandler:
             )
             usage.add(extracted.usage)
             facts = extracted.value
-            await self._report(
+            reported = self._report(
                 job, delivery, "consolidating", extracted_count=len(facts), usage=usage
             )
 
@@ -235,21 +243,28 @@ class GenerateMemoriesHandler:
             not bank.HasField("enable_consolidation") or bank.enable_consolidation
         )
         if facts and consolidation_on:
-            found = await self._clients.memory.FindSimilarMemories(
-                memory_job_service_pb2.FindSimilarMemoriesRequest(
-                    tenant_id=job.tenant_id,
-                    bank_id=request.bank_id,
-                    scope=request.scope,
-                    facts=facts,
-                    top_k=CANDIDATES_PER_FACT,
+            # The "consolidating" report goes out with the candidates' lookup.
+            *_, found = await _together(
+                *([reported] if reported is not None else []),
+                self._clients.memory.FindSimilarMemories(
+                    memory_job_service_pb2.FindSimilarMemoriesRequest(
+                        tenant_id=job.tenant_id,
+                        bank_id=request.bank_id,
+                        scope=request.scope,
+                        facts=facts,
+                        top_k=CANDIDATES_PER_FACT,
+                    ),
+                    metadata=self._md(job, delivery),
+                    timeout=self._clients.timeout_s,
                 ),
-                metadata=self._md(job, delivery),
-                timeout=self._clients.timeout_s,
             )
+            reported = None
             similar = list(found.results)
             for result in similar:
                 for memory in result.memories:
                     candidates.setdefault(memory.id, memory)
+        if reported is not None:
+            await reported
         if not facts:
             actions: list[memory_pb2.ConsolidationAction] = []
         elif not consolidation_on or not candidates:
@@ -422,6 +437,22 @@ class GenerateMemoriesHandler:
         self, job: jobs_pb2.GenerateMemoriesJob, delivery: Delivery
     ) -> tuple[tuple[str, str], ...]:
         return self._clients.metadata(job.tenant_id, delivery.headers)
+
+
+async def _together(*calls: Awaitable[Any]) -> list[Any]:
+    """Await calls concurrently; a finished operation wins over any other failure.
+
+    Every call is awaited to its end (none is left running). When one says the operation is
+    over, that is what the job learns; otherwise the first failure is raised.
+    """
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    for failure in failures:
+        if isinstance(failure, _OperationOver):
+            raise failure
+    if failures:
+        raise failures[0]
+    return list(results)
 
 
 def _topics(bank: memory_pb2.MemoryBank, wanted: Sequence[str]) -> list[memory_pb2.MemoryTopic]:
