@@ -7,7 +7,8 @@ the scripted OpenAI-compatible server of the tests, reached through LiteLLM, ans
 call after ``--llm-delay`` seconds (300 ms by default): extraction returns two facts per
 conversation, consolidation keeps new facts (CREATE) and marks repeats NOOP.
 
-1. ``--sessions`` sessions (100) of 6 events each are created.
+1. ``--sessions`` sessions (100) of 6 events each are created; 8 generations on 4 other sessions
+   warm the services up (the first jobs load LiteLLM and the embedding model).
 2. ``--requests`` GenerateMemories requests (500, spread round-robin over the sessions, source
    = the whole session) are sent open-loop at ``--rate`` requests/s (40). Each operation's
    ``completed_at`` (server clock, same machine) minus the moment its request was sent gives
@@ -80,7 +81,7 @@ class LlmScript:
             facts = [
                 {
                     "fact": f"The user said: {turn['text'][:120]}",
-                    "topic": "user_preferences",
+                    "topic": "USER_PREFERENCES",
                     "confidence": 0.9,
                     "source_event_ids": [turn["event_id"]],
                 }
@@ -192,6 +193,7 @@ class Bench:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports = {service: free_port() for service in SERVICES}
         self.metadata = (("authorization", f"Bearer {_token()}"),)
+        self.users = 0
 
     async def start(self, llm: ScriptedLLM) -> None:
         """Start Postgres, NATS and the three services."""
@@ -207,7 +209,7 @@ class Bench:
             "CONTEXTIQ_LLM_MODEL": MODEL,
             "CONTEXTIQ_LLM_API_BASE": llm.api_base,
             "CONTEXTIQ_LLM_API_KEY": "bench-key",
-            "CONTEXTIQ_LOG_LEVEL": "WARNING",
+            "CONTEXTIQ_LOG_LEVEL": self.args.log_level,
             "CONTEXTIQ_RATE_LIMIT_PER_MINUTE": "0",
             "CONTEXTIQ_TENANT_RATE_LIMIT_PER_MINUTE": "0",
             "CONTEXTIQ_SESSIONS_ADDR": f"127.0.0.1:{self.ports['sessions']}",
@@ -247,7 +249,7 @@ class Bench:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     async def sessions(self, count: int) -> list[str]:
-        """Create sessions with six events each."""
+        """Create sessions with six events each (users numbered from where the last call ended)."""
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.ports['sessions']}") as channel:
             stub = session_service_pb2_grpc.SessionServiceStub(channel)
 
@@ -268,10 +270,11 @@ class Bench:
                 return str(session.id)
 
             ids: list[str] = []
-            for start in range(0, count, 10):
-                ids.extend(
-                    await asyncio.gather(*(one(i) for i in range(start, min(count, start + 10))))
-                )
+            first = self.users
+            self.users += count
+            for start in range(first, first + count, 10):
+                batch = range(start, min(first + count, start + 10))
+                ids.extend(await asyncio.gather(*(one(i) for i in batch)))
             return ids
 
     async def generate(
@@ -353,6 +356,10 @@ async def _run(args: argparse.Namespace) -> None:
         await bench.start(llm)
         session_ids = await bench.sessions(args.sessions)
         print(f"{len(session_ids)} sessions x 6 events created", flush=True)
+        # Warm-up, not measured: the first jobs load LiteLLM and the embedding model.
+        warm_ids = await bench.sessions(4)
+        await bench.generate(warm_ids, 8, args.rate, sequential=False)
+        script.calls = {"extract": 0, "consolidate": 0}
 
         loaded = _summary(await bench.generate(session_ids, args.requests, args.rate, False))
         llm_calls = sum(script.calls.values())
@@ -400,6 +407,7 @@ def main() -> None:
     parser.add_argument("--overhead-jobs", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=0, help="worker concurrency")
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--log-level", default="WARNING", help="log level of the services")
     # Known args only: `python -m bench generation` leaves the module name in argv.
     args, _ = parser.parse_known_args()
     asyncio.run(_run(args))
