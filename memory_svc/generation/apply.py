@@ -24,10 +24,10 @@ from typing import Any, Final
 
 from google.longrunning import operations_pb2
 from google.rpc import code_pb2, status_pb2
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select, update
 
 from ciq_runtime.db import transaction
-from ciq_runtime.errors import FailedPrecondition, InvalidArgument
+from ciq_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from contextiq.memory.v1 import generation_pb2, memory_job_service_pb2
 from memory_svc import models, repository, validation
 from memory_svc.backend import Backend
@@ -37,8 +37,9 @@ from memory_svc.generation import outbox, watermarks
 from memory_svc.generation.accept import KIND
 from memory_svc.generation.states import CANCELLED, DONE
 from memory_svc.generation.tables import generation_results
+from memory_svc.generation.vectors import RecentVectors
 from memory_svc.indexing import Upsert, vector_bytes
-from memory_svc.operations import OperationStore, pack, parse_name
+from memory_svc.operations import OPERATIONS_CHANNEL, OperationStore, pack, parse_name
 from memory_svc.scopes import scope_key, validate_scope
 
 __all__ = [
@@ -46,11 +47,13 @@ __all__ = [
     "cancelled_status",
     "finish_cancelled",
     "load_operation",
+    "load_with_result",
     "metadata_of",
-    "stored_result",
 ]
 
 m = models.memories
+o = models.operations
+r = models.memory_revisions
 res = generation_results
 
 _ACTIONS: Final = ("CREATE", "UPDATE", "DELETE", "NOOP")
@@ -102,14 +105,39 @@ async def load_operation(session: Any, *, tenant_id: str, name: str, lock: bool 
     return row
 
 
-async def stored_result(
-    session: Any, *, operation_name: str
-) -> generation_pb2.GenerateMemoriesResponse | None:
-    """The response a previous ApplyGeneration of the operation stored."""
-    data = await session.scalar(
-        select(res.c.response).where(res.c.operation_name == operation_name)
+async def load_with_result(
+    session: Any, *, tenant_id: str, name: str, lock: bool = False
+) -> tuple[Any, generation_pb2.GenerateMemoriesResponse | None]:
+    """The tenant's generation operation row and the response an earlier apply stored, read
+    in one query (the operation locked ``FOR UPDATE`` when ``lock``).
+
+    Raises:
+        InvalidArgument: No name, or the operation is not a memory generation.
+        NotFound: Missing, malformed, or another tenant's.
+    """
+    if not name:
+        raise InvalidArgument("operation_name is required", field="operation_name")
+    parse_name(name)
+    statement = (
+        select(o, res.c.response.label("stored_response"))
+        .select_from(o.outerjoin(res, res.c.operation_name == o.c.name))
+        .where(o.c.tenant_id == tenant_id, o.c.name == name)
     )
-    return None if data is None else generation_pb2.GenerateMemoriesResponse.FromString(data)
+    if lock:
+        statement = statement.with_for_update(of=o)
+    row = (await session.execute(statement)).one_or_none()
+    if row is None:
+        raise NotFound(f"operation {name!r} not found")
+    if row.kind != KIND:
+        raise InvalidArgument(
+            f"operation {name!r} is not a memory generation", field="operation_name"
+        )
+    stored = (
+        None
+        if row.stored_response is None
+        else generation_pb2.GenerateMemoriesResponse.FromString(row.stored_response)
+    )
+    return row, stored
 
 
 def _finished_error(row: Any) -> FailedPrecondition:
@@ -226,9 +254,10 @@ def _ttl(request: memory_job_service_pb2.ApplyGenerationRequest) -> timedelta | 
 class Applier:
     """Runs ApplyGeneration."""
 
-    def __init__(self, backend: Backend) -> None:
-        """Bind to the service's resources."""
+    def __init__(self, backend: Backend, vectors: RecentVectors | None = None) -> None:
+        """Bind to the service's resources (and the job's recently embedded facts)."""
         self._b = backend
+        self._vectors = vectors or RecentVectors(backend)
 
     async def apply(
         self, tenant_id: str, request: memory_job_service_pb2.ApplyGenerationRequest
@@ -237,8 +266,7 @@ class Applier:
         b = self._b
         name = request.operation_name
         async with b.sessions() as session:
-            row = await load_operation(session, tenant_id=tenant_id, name=name)
-            stored = await stored_result(session, operation_name=name)
+            row, stored = await load_with_result(session, tenant_id=tenant_id, name=name)
         if stored is not None:
             return stored
         if row.done:
@@ -270,15 +298,18 @@ class Applier:
         writes = [a for a in actions if a.kind in ("CREATE", "UPDATE")]
         if writes:
             bank.require_indexed()
-            vectors = await b.embed(bank.embedding_model, [a.fact for a in writes])
+            vectors = await self._vectors.embed(bank.embedding_model, [a.fact for a in writes])
             for action, vector in zip(writes, vectors, strict=True):
                 action.vector = vector
         now = b.clock()
         outcome: _Outcome | None = None
         refusal: FailedPrecondition | None = None
         async with transaction(b.sessions) as session:
-            row = await load_operation(session, tenant_id=tenant_id, name=name, lock=True)
-            stored = await stored_result(session, operation_name=name)
+            row, stored = await load_with_result(session, tenant_id=tenant_id, name=name, lock=True)
+            if stored is None and row.done:
+                # A concurrent apply finished while we waited for the lock: the joined result
+                # of the locking statement predates its commit, a new statement sees it.
+                _, stored = await load_with_result(session, tenant_id=tenant_id, name=name)
             if stored is None and row.done:
                 refusal = _finished_error(row)
             elif stored is None and row.cancel_requested:
@@ -300,18 +331,35 @@ class Applier:
                 outcome = await self._write(
                     session, tenant_id, bank, scope, request, actions, ttl=ttl, now=now
                 )
-                await session.execute(
-                    insert(res).values(
+                metadata = metadata_of(row)
+                _final_metadata(metadata, outcome.response, request, now)
+                # The result (the idempotency record), the finished operation and the
+                # notification of its waiters, in one statement.
+                stored_cte = (
+                    insert(res)
+                    .values(
                         operation_name=name,
                         tenant_id=tenant_id,
                         response=outcome.response.SerializeToString(),
                         created_at=now,
                     )
+                    .cte("stored")
                 )
-                metadata = metadata_of(row)
-                _final_metadata(metadata, outcome.response, request, now)
-                await OperationStore.finish(
-                    session, name=name, now=now, metadata=metadata, response=outcome.response
+                finished = (
+                    update(o)
+                    .where(o.c.name == name)
+                    .values(
+                        done=True,
+                        response=pack(outcome.response),
+                        metadata=pack(metadata),
+                        updated_at=now,
+                        version=o.c.version + 1,
+                    )
+                    .returning(o.c.name)
+                    .cte("finished")
+                )
+                await session.execute(
+                    select(func.pg_notify(OPERATIONS_CHANNEL, finished.c.name)).add_cte(stored_cte)
                 )
         if refusal is not None:
             raise refusal
@@ -342,14 +390,17 @@ class Applier:
         response.planned_actions.extend(request.actions)
         response.usage.CopyFrom(request.usage)
         name = request.operation_name
+        # Every CREATE in one multi-row INSERT; every revision in another.
+        created_ids: dict[int, uuid.UUID] = {}
+        new_rows = []
         for action in actions:
-            if action.kind == "NOOP":
-                response.memories_unchanged += 1
+            if action.kind != "CREATE":
                 continue
-            if action.kind == "CREATE":
-                expires = ttl or bank.generate_created_ttl
-                values = {
-                    "id": uuid.uuid4(),
+            expires = ttl or bank.generate_created_ttl
+            created_ids[action.index] = uuid.uuid4()
+            new_rows.append(
+                {
+                    "id": created_ids[action.index],
                     "tenant_id": tenant_id,
                     "bank_id": bank.id,
                     "scope": scope,
@@ -365,15 +416,26 @@ class Applier:
                     "expires_at": now + expires if expires is not None else None,
                     "version": 1,
                     "revision_count": 1 if revisions else 0,
+                    "request_id": None,
+                    "deleted_at": None,
                     "embedding": vector_bytes(action.vector),
                     "embedding_model": bank.embedding_model,
                     "index_dirty": True,
                 }
-                written = (
-                    await session.execute(
-                        insert(m).values(**values).returning(*repository.PUBLIC_COLUMNS)
-                    )
-                ).one()
+            )
+        inserted: dict[uuid.UUID, Any] = {}
+        if new_rows:
+            result = await session.execute(
+                insert(m).values(new_rows).returning(*repository.PUBLIC_COLUMNS)
+            )
+            inserted = {row.id: row for row in result.all()}
+        revision_rows: list[dict[str, Any]] = []
+        for action in actions:
+            if action.kind == "NOOP":
+                response.memories_unchanged += 1
+                continue
+            if action.kind == "CREATE":
+                written = inserted[created_ids[action.index]]
                 shown = written
                 label = "CREATED"
                 response.memories_created += 1
@@ -417,15 +479,15 @@ class Applier:
                     shown = current
                     outcome.deletes.append(written)
             if revisions:
-                await repository.insert_revision(
-                    session,
-                    row=written,
-                    action=label,
-                    now=now,
-                    fact=action.fact if label != "DELETED" else None,
-                    operation_name=name,
-                    extracted_memories=extracted,
-                    reason=action.reason,
+                revision_rows.append(
+                    _revision_values(
+                        written,
+                        action=label,
+                        now=now,
+                        operation_name=name,
+                        extracted=extracted,
+                        reason=action.reason,
+                    )
                 )
             response.generated_memories.append(
                 generation_pb2.GeneratedMemory(
@@ -434,7 +496,44 @@ class Applier:
                     revision_number=written.revision_count if revisions else 0,
                 )
             )
+        if revision_rows:
+            await session.execute(insert(r).values(revision_rows))
         return outcome
+
+
+def _revision_values(
+    row: Any,
+    *,
+    action: str,
+    now: datetime,
+    operation_name: str,
+    extracted: list[str],
+    reason: str,
+) -> dict[str, Any]:
+    """The revision numbered ``row.revision_count``, from the memory's state in ``row``."""
+    return {
+        "id": uuid.uuid4(),
+        "tenant_id": row.tenant_id,
+        "memory_id": row.id,
+        "bank_id": row.bank_id,
+        "scope": row.scope,
+        "scope_key": row.scope_key,
+        "revision_number": row.revision_count,
+        "action": action,
+        "fact": row.fact,
+        "topic": row.topic,
+        "confidence": row.confidence,
+        "metadata": row.metadata,
+        "expires_at": row.expires_at,
+        "source_session_id": row.source_session_id,
+        "source_event_ids": row.source_event_ids,
+        "operation_name": operation_name,
+        "extracted_memories": extracted,
+        "rolled_back_to": 0,
+        "reason": reason,
+        "memory_created_at": row.created_at,
+        "created_at": now,
+    }
 
 
 async def _lock_targets(

@@ -26,6 +26,7 @@ from memory_svc.generation.lifecycle import Lifecycle, OperationWaiter
 from memory_svc.generation.outbox import Relay
 from memory_svc.generation.requests import SessionLookup
 from memory_svc.generation.servicer import Generation
+from memory_svc.generation.vectors import RecentVectors
 
 __all__ = ["JOBS_STREAM", "JOBS_SUBJECTS", "build"]
 
@@ -104,6 +105,7 @@ def build(
     )
     waiter = OperationWaiter(engine)
     sessions = SessionLookup(settings.sessions_addr)
+    vectors = RecentVectors(backend)
     generation = Generation(
         acceptor=Acceptor(
             backend,
@@ -111,11 +113,12 @@ def build(
             default_model=settings.llm_model or "",
             wake_relay=relay.wake if relay is not None else (lambda: None),
         ),
-        applier=Applier(backend),
+        applier=Applier(backend, vectors),
         lifecycle=Lifecycle(backend, waiter),
         waiter=waiter,
         sessions=sessions,
         relay=relay,
+        vectors=vectors,
     )
     if bus is None:
         log.warning(

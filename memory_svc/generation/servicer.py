@@ -25,6 +25,7 @@ from memory_svc.generation.outbox import Relay
 from memory_svc.generation.progress import report_progress
 from memory_svc.generation.requests import SessionLookup
 from memory_svc.generation.similar import find_similar
+from memory_svc.generation.vectors import RecentVectors
 from memory_svc.scopes import validate_scope
 
 __all__ = ["Generation", "MemoryJobServicer", "acting_tenant"]
@@ -42,6 +43,8 @@ class Generation:
         sessions: SessionService client.
         relay: Outbox relay; None when the process has no NATS_URL (jobs then wait in the
             outbox for a replica that has one).
+        vectors: Embeddings of recent facts, shared by FindSimilarMemories and
+            ApplyGeneration (a job embeds mostly the same texts for both).
     """
 
     acceptor: Acceptor
@@ -50,6 +53,7 @@ class Generation:
     waiter: OperationWaiter
     sessions: SessionLookup
     relay: Relay | None
+    vectors: RecentVectors
 
 
 def acting_tenant(tenant_id: str) -> str:
@@ -96,7 +100,9 @@ class MemoryJobServicer(memory_job_service_pb2_grpc.MemoryJobServiceServicer):
         self, request: memory_job_service_pb2.FindSimilarMemoriesRequest, context: Any
     ) -> memory_job_service_pb2.FindSimilarMemoriesResponse:
         """Candidates of each new fact in exactly the scope."""
-        return await find_similar(self._b, acting_tenant(request.tenant_id), request)
+        return await find_similar(
+            self._b, acting_tenant(request.tenant_id), request, vectors=self._g.vectors
+        )
 
     async def ApplyGeneration(
         self, request: memory_job_service_pb2.ApplyGenerationRequest, context: Any

@@ -16,6 +16,7 @@ from contextiq.memory.v1 import memory_job_service_pb2
 from memory_svc import repository, validation
 from memory_svc.backend import Backend
 from memory_svc.convert import memory_from_row
+from memory_svc.generation.vectors import RecentVectors
 from memory_svc.index.protocol import IndexFilter
 from memory_svc.scopes import scope_key, validate_scope
 
@@ -29,7 +30,11 @@ _SLACK: Final = 5
 
 
 async def find_similar(
-    backend: Backend, tenant_id: str, request: memory_job_service_pb2.FindSimilarMemoriesRequest
+    backend: Backend,
+    tenant_id: str,
+    request: memory_job_service_pb2.FindSimilarMemoriesRequest,
+    *,
+    vectors: RecentVectors,
 ) -> memory_job_service_pb2.FindSimilarMemoriesResponse:
     """Candidates of each fact, most similar first."""
     b = backend
@@ -47,7 +52,7 @@ async def find_similar(
         raise InvalidArgument(f"top_k must be between 1 and {_MAX_TOP_K}", field="top_k")
     top_k = request.top_k or _DEFAULT_TOP_K
     bank.require_indexed()
-    vectors = await b.embed(bank.indexed_model, texts)
+    embedded = await vectors.embed(bank.indexed_model, texts)
     collection = await b.collection(bank)
     now = b.clock()
     index_filter = IndexFilter(
@@ -61,7 +66,7 @@ async def find_similar(
             b.sync.index.search(
                 collection, dense=vector, sparse=None, filter=index_filter, limit=top_k + _SLACK
             )
-            for vector in vectors
+            for vector in embedded
         )
     )
     ids = list(dict.fromkeys(hit.id for hits in searches for hit in hits.dense))
