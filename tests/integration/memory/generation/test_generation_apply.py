@@ -579,3 +579,22 @@ async def test_job_service_acts_only_for_the_credential_tenant(
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert await facts_of(mem, who) == ["The tenant's secret."]
     assert not (await get_op(ops, who, operation)).done
+
+
+async def test_concurrent_reports_keep_the_furthest_state(
+    mem: MemStub, jobs: JobStub, ops: operations_pb2_grpc.OperationsStub, who: Metadata, tenant: str
+) -> None:
+    operation = await new_operation(mem, who)
+    states = ["extracting", "consolidating", "applying"] * 5
+
+    replies = await asyncio.gather(
+        *(
+            report(jobs, who, tenant, operation, state, attempt=i % 3 + 1)
+            for i, state in enumerate(states)
+        )
+    )
+
+    assert all(not reply.done for reply in replies)
+    final = unpack_metadata(await get_op(ops, who, operation))
+    assert final.state == "applying"
+    assert final.attempt == 3
