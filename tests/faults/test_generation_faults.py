@@ -9,6 +9,8 @@ import signal
 
 import pytest
 
+from ciq_runtime.nats import connect_nats
+from extraction_svc import jobs
 from tests.faults.cluster import Cluster, metadata_of, response_of
 from tests.helpers import async_wait_for
 
@@ -70,11 +72,16 @@ async def test_nats_restarted_while_jobs_are_queued(cluster: Cluster, tenant: st
     names = [await cluster.generate(tenant, s) for s in sessions[:8]]
     # Two jobs running, the rest queued in the stream: restart NATS under them.
     assert await async_wait_for(lambda: cluster.model.calls >= 1, timeout=60)
+    nc = await connect_nats(cluster.nats.url, name="fault-test")
+    queued = (await nc.jetstream().stream_info(jobs.STREAM)).state.messages
+    await nc.close()
+    assert queued >= 4, queued
     await cluster.nats.stop()
     # Requests accepted while NATS is down wait in the memory service's outbox.
     names += [await cluster.generate(tenant, s) for s in sessions[8:]]
     await cluster.nats.start()
     await _check_exactly_once(cluster, tenant, names)
+    print(f"jobs in the stream when NATS stopped: {queued}")
 
 
 async def test_memory_service_restarted_during_apply(cluster: Cluster, tenant: str) -> None:
