@@ -36,9 +36,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler, SamplingResult
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from ciq_runtime.logging import bind_log_context
@@ -94,11 +95,52 @@ def setup_tracing(*, service_name: str, otlp_endpoint: str | None = None) -> Tra
             if otlp_endpoint and not getattr(current, "_ciq_otlp", False):
                 _add_otlp(current, otlp_endpoint)
             return current
-        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": service_name}), sampler=_Switch()
+        )
         if otlp_endpoint:
             _add_otlp(provider, otlp_endpoint)
         trace.set_tracer_provider(provider)
         return provider
+
+
+class _Switch(Sampler):
+    """Records nothing until spans have somewhere to go, then samples as configured.
+
+    Without an exporter, recording spans would only cost time (about 10 µs each): they are
+    then created non-recording, which still gives them valid ids that travel in
+    ``traceparent`` and appear in the logs. Once an exporter is added (OTLP, or a test's
+    in-memory one), the standard ``OTEL_TRACES_SAMPLER`` choice applies (default: parent-based,
+    always on). Set the OTLP endpoint on every process: a process that does not export marks
+    its spans not sampled, and the processes it calls then follow that.
+    """
+
+    def __init__(self) -> None:
+        self.recording: Sampler | None = None
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        delegate = self.recording or ALWAYS_OFF
+        return delegate.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"ContextIQ({(self.recording or ALWAYS_OFF).get_description()})"
+
+
+def _start_recording(provider: TracerProvider) -> None:
+    sampler = provider.sampler
+    if isinstance(sampler, _Switch) and sampler.recording is None:
+        sampler.recording = sampling._get_from_env_or_default()
 
 
 def _add_otlp(provider: TracerProvider, endpoint: str) -> None:
@@ -107,6 +149,7 @@ def _add_otlp(provider: TracerProvider, endpoint: str) -> None:
 
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     provider._ciq_otlp = True  # type: ignore[attr-defined]  # marks "export already wired"
+    _start_recording(provider)
     log.info("exporting traces over OTLP", extra={"otlp_endpoint": endpoint})
 
 
@@ -163,6 +206,7 @@ def install_test_exporter(*, service_name: str = "contextiq-tests") -> InMemoryS
             provider._ciq_test_forwarder = forwarder  # type: ignore[attr-defined]
         exporter = _TestExporter(forwarder)
         forwarder.exporters.append(exporter)
+        _start_recording(provider)
     return exporter
 
 

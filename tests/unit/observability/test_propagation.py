@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -76,3 +77,18 @@ def test_exception_marks_the_consumer_span_failed(spans: InMemorySpanExporter) -
         raise RuntimeError("boom")
     (span,) = spans.get_finished_spans()
     assert not span.status.is_ok
+
+
+def test_spans_record_only_once_they_can_be_exported() -> None:
+    provider = TracerProvider(sampler=telemetry._Switch())
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("idle") as idle:
+        # Not recorded (no exporter), but with real ids for traceparent and the logs.
+        assert not idle.is_recording()
+        assert idle.get_span_context().is_valid
+        assert telemetry.inject({})["traceparent"].split("-")[1] == (
+            f"{idle.get_span_context().trace_id:032x}"
+        )
+    telemetry._start_recording(provider)
+    with tracer.start_as_current_span("exported") as exported:
+        assert exported.is_recording()
