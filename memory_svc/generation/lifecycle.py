@@ -2,7 +2,10 @@
 
 Waiting and watching are woken by Postgres ``NOTIFY memory_operations`` (sent by every change
 of an operation, in its transaction), so a change made by any replica reaches every waiter
-at once; a short poll covers notifications lost while the listening connection reconnects.
+at once. Notifications sent while the listening connection was down are lost: every waiter is
+woken (re-reads its operation) when the listener (re)connects, and waiters poll quickly while
+it is not listening, rarely while it is (hundreds of open waits must not each query the
+database every second).
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ log = logging.getLogger(__name__)
 
 #: Longest (and default) WaitOperation timeout.
 MAX_WAIT_S: Final = 60.0
-#: Re-read period of waiters and watchers when no notification arrives.
-_POLL_S: Final = 1.0
+#: Re-read period of waiters and watchers while notifications arrive...
+_POLL_LISTENING_S: Final = 15.0
+#: ...and while they cannot (the listening connection is down).
+_POLL_DEAF_S: Final = 1.0
 _RELISTEN_S: Final = 1.0
 
 
@@ -42,6 +47,17 @@ class OperationWaiter:
         """Bind to the service's engine (open once the component started)."""
         self._engine = engine
         self._events: dict[str, set[asyncio.Event]] = {}
+        self._listening = False
+
+    @property
+    def poll_s(self) -> float:
+        """How long a waiter may sleep without re-reading its operation."""
+        return _POLL_LISTENING_S if self._listening else _POLL_DEAF_S
+
+    def _wake_all(self) -> None:
+        for events in self._events.values():
+            for event in events:
+                event.set()
 
     @contextlib.contextmanager
     def subscribe(self, name: str) -> Iterator[asyncio.Event]:
@@ -69,12 +85,16 @@ class OperationWaiter:
                     raw = await connection.get_raw_connection()
                     driver: Any = raw.driver_connection
                     await driver.add_listener(OPERATIONS_CHANNEL, self._notified)
+                    self._listening = True
+                    # Changes made while nobody listened: everyone re-reads once.
+                    self._wake_all()
                     try:
                         while not driver.is_closed():
                             await asyncio.sleep(_RELISTEN_S)
-                            # Whatever was missed while (re)connecting is caught by polling.
+                            # Keeps the connection checked: a dead one ends the loop.
                             await driver.execute("SELECT 1")
                     finally:
+                        self._listening = False
                         with contextlib.suppress(Exception):
                             await driver.remove_listener(OPERATIONS_CHANNEL, self._notified)
             except asyncio.CancelledError:
@@ -144,7 +164,7 @@ class Lifecycle:
                 if operation.done or left <= 0:
                     return operation
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=min(left, _POLL_S))
+                    await asyncio.wait_for(changed.wait(), timeout=min(left, self._waiter.poll_s))
 
     async def watch(self, tenant_id: str, name: str) -> AsyncIterator[operations_pb2.Operation]:
         """The operation now, then after every change, ending once it is done."""
@@ -167,4 +187,4 @@ class Lifecycle:
                 if row.done:
                     return
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=_POLL_S)
+                    await asyncio.wait_for(changed.wait(), timeout=self._waiter.poll_s)
