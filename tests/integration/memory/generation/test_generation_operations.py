@@ -388,3 +388,30 @@ async def test_failed_publishes_are_retried_with_backoff_until_jetstream_acks(
     finally:
         await conn.close()
         await client.close()
+
+
+async def test_a_memory_service_started_while_nats_is_down_accepts_and_publishes_later(
+    pg_url: str, gen_server: GenServer, who: Metadata
+) -> None:
+    from contextiq.memory.v1 import memory_service_pb2_grpc
+    from tests.integration.memory.generation.conftest import start_gen_server
+
+    nats_server = gen_server.nats
+    await nats_server.stop()
+    late: GenServer | None = None
+    try:
+        late = await start_gen_server(pg_url, nats_server, gen_server.sessions)
+        async with grpc.aio.insecure_channel(late.address) as channel:
+            stub = memory_service_pb2_grpc.MemoryServiceStub(channel)
+            operation = await stub.GenerateMemories(
+                facts_request(SCOPE, "accepted before NATS ever answered"), metadata=who
+            )
+        assert not operation.done
+        await nats_server.start()
+        messages = await published_for(nats_server.url, operation.name, within=60.0)
+        assert len(messages) == 1
+    finally:
+        if nats_server.pid is None:
+            await nats_server.start()
+        if late is not None:
+            await late.server.stop()
