@@ -7,6 +7,7 @@ from __future__ import annotations
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.timeout(300)
 HEADERS = {"X-API-Key": BOOTSTRAP_KEY}
 
 
-def _generate_and_wait(stack: StackProcess, fact: str) -> dict[str, object]:
+def _generate_and_wait(stack: StackProcess, fact: str) -> dict[str, Any]:
     with httpx.Client(base_url=stack.http_base, headers=HEADERS, timeout=30) as http:
         accepted = http.post(
             "/api/v1/memories/generate",
