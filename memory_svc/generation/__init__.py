@@ -5,9 +5,11 @@
 * :mod:`.outbox` writes the operation and its job in one transaction, and :class:`.relay.Relay`
   publishes the jobs to JetStream (``Nats-Msg-Id`` = operation name);
 * :mod:`.apply` applies a job's consolidation actions in one idempotent transaction;
-* :mod:`.similar` finds the candidates consolidation may act on;
+* :mod:`.similar` finds the candidates consolidation may act on (:mod:`.vectors` keeps the
+  facts' embeddings for the apply that follows);
 * :mod:`.watermarks` keeps, per session and scope, the newest event a generation processed;
 * :mod:`.progress` records the worker's progress reports;
 * :mod:`.lifecycle` serves cancel / wait / delete / watch of operations;
-* :mod:`.servicer` is the MemoryJobService the worker calls.
+* :mod:`.servicer` is the MemoryJobService the worker calls; :mod:`.jobs_stream` wires it
+  all into the memory component (NATS optional, connected in the background).
 """
