@@ -2,8 +2,9 @@
 
 * :mod:`.requests` validates GenerateMemories and resolves its scope (a session source is
   looked up in SessionService with the caller's credentials);
-* :mod:`.outbox` writes the operation and its job in one transaction, and :class:`.relay.Relay`
-  publishes the jobs to JetStream (``Nats-Msg-Id`` = operation name);
+* :mod:`.accept` writes the operation and its job (:func:`.outbox.enqueue`) in one
+  transaction, and :class:`.outbox.Relay` publishes the jobs to JetStream (``Nats-Msg-Id`` =
+  operation name);
 * :mod:`.apply` applies a job's consolidation actions in one idempotent transaction;
 * :mod:`.similar` finds the candidates consolidation may act on (:mod:`.vectors` keeps the
   facts' embeddings for the apply that follows);
