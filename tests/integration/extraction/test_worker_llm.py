@@ -15,7 +15,7 @@ from google.longrunning import operations_pb2
 from google.rpc import code_pb2
 
 from ciq_runtime.embedded import EmbeddedNats
-from contextiq.memory.v1 import memory_service_pb2
+from contextiq.memory.v1 import memory_pb2, memory_service_pb2
 from contextiq.sessions.v1 import session_pb2, session_service_pb2
 from extraction_svc import jobs
 from tests.auth_helpers import bearer
@@ -484,3 +484,88 @@ async def test_a_cancelled_operation_is_skipped_by_the_worker(
         await asyncio.sleep(0.05)
     assert llm.requests == []
     assert await pipeline.list_memories(tenant) == []
+
+
+async def test_a_session_deleted_before_its_job_runs_fails_not_found(
+    pipeline: Pipeline, tenant: str, llm: ScriptedLLM
+) -> None:
+    session = await pipeline.create_session(tenant)
+    await pipeline.append(tenant, session.id, "user", "I like tea.")
+    await pipeline.stop_worker()
+    try:
+        operation = await pipeline.generate(
+            tenant, source_type="session", source_reference=session.id
+        )
+        await pipeline.sessions().DeleteSession(
+            session_service_pb2.DeleteSessionRequest(id=session.id), metadata=bearer(tenant)
+        )
+    finally:
+        await pipeline.start_worker()
+    done = await pipeline.wait_done(tenant, operation.name)
+    assert done.error.code == code_pb2.NOT_FOUND
+    assert session.id in done.error.message
+    assert metadata_of(done).attempt == 1  # not retried: retrying cannot bring it back
+    assert llm.requests == []
+
+
+async def test_topics_model_and_disabled_consolidation_follow_the_request(
+    pipeline: Pipeline, tenant: str, llm: ScriptedLLM
+) -> None:
+    await create_memory(pipeline, tenant, "The user prefers tea.", SCOPE)
+    llm.push(
+        Reply.json(
+            {
+                "facts": [
+                    {
+                        "fact": "The user prefers tea.",
+                        "topic": "USER_PREFERENCES",
+                        "confidence": 0.9,
+                        "source_event_ids": ["e1"],
+                    }
+                ]
+            }
+        )
+    )
+    operation = await pipeline.generate(
+        tenant,
+        source_type="events",
+        scope=SCOPE,
+        events=[text_event("e1", "user", "I prefer tea. My name is Dana.")],
+        config={
+            "topics": ["USER_PREFERENCES"],
+            "model": "openai/another-model",
+            "disable_consolidation": True,
+        },
+    )
+    result = response_of(await pipeline.wait_done(tenant, operation.name))
+    # No consolidation: the fact is stored again, next to the similar memory.
+    assert result.memories_created == 1
+    assert len(await pipeline.list_memories(tenant)) == 2
+    (sent,) = llm.requests  # one extraction call, no consolidation call
+    assert sent["model"] == "another-model"
+    system = sent["messages"][0]["content"]
+    assert "- USER_PREFERENCES:" in system
+    assert "USER_PERSONAL_INFO" not in system
+
+
+async def test_the_banks_model_beats_the_default_one(
+    pipeline: Pipeline, tenant: str, llm: ScriptedLLM
+) -> None:
+    await pipeline.banks().UpdateMemoryBank(
+        memory_service_pb2.UpdateMemoryBankRequest(
+            memory_bank=memory_pb2.MemoryBank(id="default", extraction_model="openai/bank-model"),
+            update_mask={"paths": ["extraction_model"]},
+        ),
+        metadata=bearer(tenant),
+    )
+    llm.push(Reply.json({"facts": []}))
+    operation = await pipeline.generate(
+        tenant,
+        source_type="events",
+        scope=SCOPE,
+        events=[text_event("e1", "user", "Hello.")],
+    )
+    result = response_of(await pipeline.wait_done(tenant, operation.name))
+    assert result.memories_created == 0
+    (sent,) = llm.requests
+    assert sent["model"] == "bank-model"
