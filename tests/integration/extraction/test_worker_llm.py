@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from google.longrunning import operations_pb2
+from google.protobuf import field_mask_pb2
 from google.rpc import code_pb2
 
 from ciq_runtime.embedded import EmbeddedNats
@@ -554,7 +555,7 @@ async def test_the_banks_model_beats_the_default_one(
     await pipeline.banks().UpdateMemoryBank(
         memory_service_pb2.UpdateMemoryBankRequest(
             memory_bank=memory_pb2.MemoryBank(id="default", extraction_model="openai/bank-model"),
-            update_mask={"paths": ["extraction_model"]},
+            update_mask=field_mask_pb2.FieldMask(paths=["extraction_model"]),
         ),
         metadata=bearer(tenant),
     )
