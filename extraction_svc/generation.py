@@ -103,6 +103,7 @@ class GenerateMemoriesHandler:
         self._clients = clients
         self._llm = llm
         self._default_model = default_model
+        self._llm_loaded = False
 
     # ------------------------------------------------------------------ runner interface
 
@@ -221,8 +222,7 @@ class GenerateMemoriesHandler:
         else:
             if model is None:
                 raise FailedPrecondition(NO_MODEL_MESSAGE, reason="LLM_NOT_CONFIGURED")
-            # Importing LiteLLM takes seconds: off the event loop, or heartbeats would stall.
-            await asyncio.to_thread(self._llm.warm_up)
+            await self._warm_up()
             extracted = await extract(
                 self._llm,
                 model=model,
@@ -275,7 +275,7 @@ class GenerateMemoriesHandler:
         elif model is None:
             actions = consolidate_by_similarity(facts, similar)
         else:
-            await asyncio.to_thread(self._llm.warm_up)
+            await self._warm_up()
             consolidated = await consolidate(
                 self._llm,
                 model=model,
@@ -432,6 +432,13 @@ class GenerateMemoriesHandler:
             # stop before doing more.
             raise _OperationOver
         return operation
+
+    async def _warm_up(self) -> None:
+        # Importing LiteLLM takes seconds: off the event loop, or heartbeats would stall. Once
+        # loaded, no thread hop per job.
+        if not self._llm_loaded:
+            await asyncio.to_thread(self._llm.warm_up)
+            self._llm_loaded = True
 
     def _md(
         self, job: jobs_pb2.GenerateMemoriesJob, delivery: Delivery
