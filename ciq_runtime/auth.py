@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "API_KEY_PATTERN",
     "EXEMPT_SERVICES",
+    "SERVICE_SUBJECT_PREFIX",
     "ApiKeyVerifier",
     "AuthInterceptor",
     "JwtVerifier",
@@ -74,6 +75,9 @@ EXEMPT_SERVICES = frozenset(
         "grpc.reflection.v1.ServerReflection",
     }
 )
+
+#: JWT subjects of ContextIQ's own services (minted with the shared secret); not rate-limited.
+SERVICE_SUBJECT_PREFIX = "service:"
 
 #: ``ck_`` followed by at least 20 URL-safe characters.
 API_KEY_PATTERN = re.compile(r"^ck_[A-Za-z0-9_-]{20,200}$")
@@ -418,7 +422,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         principal = _AUTH_DISABLED if self._disabled else await self._authenticate(metadata)
         if rule.permission is not None:
             principal.require(rule.permission)
-        if self._limiter is not None and not self._disabled:
+        # Services acting for a tenant (the generation worker's "service:extraction" tokens)
+        # are not limited: their calls follow from requests the tenant's own limits admitted.
+        is_service = principal.subject.startswith(SERVICE_SUBJECT_PREFIX)
+        if self._limiter is not None and not self._disabled and not is_service:
             self._limiter.check(principal)
         return principal
 

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from ciq_runtime import telemetry
+from ciq_runtime.auth import SERVICE_SUBJECT_PREFIX
 from ciq_runtime.errors import FailedPrecondition
 from contextiq.memory.v1 import memory_job_service_pb2_grpc
 from contextiq.sessions.v1 import session_service_pb2_grpc
@@ -43,7 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SERVICE_SUBJECT = "service:extraction"
+SERVICE_SUBJECT = f"{SERVICE_SUBJECT_PREFIX}extraction"
 SERVICE_PERMISSIONS = ("SESSION_READ", "MEMORY_READ", "MEMORY_WRITE", "ADMIN")
 MEMORY_JOB_SERVICE = "contextiq.memory.v1.MemoryJobService"
 SESSION_SERVICE = "contextiq.sessions.v1.SessionService"
