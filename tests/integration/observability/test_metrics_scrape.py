@@ -26,9 +26,11 @@ from ciq_runtime.settings import Settings
 from contextiq.memory.v1 import memory_service_pb2, memory_service_pb2_grpc
 from contextiq.sessions.v1 import session_service_pb2, session_service_pb2_grpc
 from extraction_svc.llm import LlmClient
+from gateway.app import create_app
+from gateway.server import serve
 from memory_svc.component import build_memory
 from sessions_svc.component import build_component as build_sessions
-from tests.auth_helpers import TEST_JWT_SECRET, bearer
+from tests.auth_helpers import TEST_JWT_SECRET, bearer, bearer_headers
 from tests.integration.observability.conftest import Samples, parse_samples, value
 from tests.llm_server import MODEL, Reply, ScriptedLLM
 
@@ -259,3 +261,47 @@ async def test_llm_calls_tokens_and_errors(process: Process) -> None:
 
 def _identity(payload: Any) -> Any:
     return payload
+
+
+async def test_one_process_stack_serves_everything_on_the_gateways_metrics(
+    process: Process,
+) -> None:
+    # `make run`: the gateway's /metrics also serves the process registry.
+    app = create_app(
+        routes_from=[SESSIONS],
+        upstreams={SESSIONS: process.address},
+        extra_metrics=[metrics.REGISTRY],
+    )
+    gateway = await serve(app, host="127.0.0.1", port=0)
+    tenant = _tenant()
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url) as client:
+            created = await client.post(
+                "/api/v1/sessions", json={"user_id": "u1"}, headers=bearer_headers(tenant)
+            )
+            assert created.status_code == 200
+            page = await client.get("/metrics")
+    finally:
+        await gateway.stop()
+    assert page.status_code == 200
+    samples = parse_samples(page.text)
+    assert (
+        value(
+            samples,
+            "contextiq_gateway_requests_total",
+            route="/api/v1/sessions",
+            method="POST",
+            status="200",
+        )
+        == 1
+    )
+    assert (
+        value(
+            samples,
+            "contextiq_grpc_server_requests_total",
+            grpc_service=SESSIONS,
+            grpc_method="CreateSession",
+            grpc_code="OK",
+        )
+        >= 1
+    )
