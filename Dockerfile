@@ -48,8 +48,10 @@ ENV PATH=/opt/contextiq/venv/bin:$PATH \
     XDG_CACHE_HOME=/tmp/.cache \
     CONTEXTIQ_DATA_DIR=/tmp/contextiq \
     CONTEXTIQ_GRPC_HOST=0.0.0.0 \
-    CONTEXTIQ_HTTP_HOST=0.0.0.0
+    CONTEXTIQ_HTTP_HOST=0.0.0.0 \
+    CONTEXTIQ_METRICS_PORT=9090
 WORKDIR /opt/contextiq
 USER 10001:10001
-EXPOSE 50051 8080
+# gRPC, the gateway's HTTP, the services' and worker's Prometheus /metrics.
+EXPOSE 50051 8080 9090
 CMD ["python", "-m", "gateway"]

@@ -85,7 +85,7 @@ def test_image_user_and_ports_match_the_chart() -> None:
     assert uid != 0
     (expose,) = [args for keyword, args in steps if keyword == "EXPOSE"]
     ports = VALUES["containerPorts"]
-    assert sorted(int(p) for p in expose.split()) == sorted([ports["grpc"], ports["http"]])
+    assert sorted(int(p) for p in expose.split()) == sorted(ports.values())
 
 
 def test_build_context_holds_every_package_and_nothing_else() -> None:
