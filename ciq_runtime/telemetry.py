@@ -1,10 +1,10 @@
 """OpenTelemetry tracing: one tracer provider per process, gRPC and NATS propagation.
 
 Every process calls :func:`setup_tracing` once in ``main()``. Spans are exported over OTLP/gRPC
-only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; otherwise they are still created (so log
-lines carry trace and span ids, and trace context still travels to other processes) but
-nothing leaves the process. Tests call :func:`install_test_exporter` to collect finished spans
-in memory.
+only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; otherwise they are created non-recording (a
+few microseconds each) with real ids, so log lines carry trace and span ids and the trace
+context still travels to other processes, but nothing is kept or leaves the process. Tests call
+:func:`install_test_exporter` to collect finished spans in memory.
 
 Propagation:
 
