@@ -33,7 +33,7 @@ from memory_svc import models, repository, validation
 from memory_svc.backend import Backend
 from memory_svc.banks import BankConfig
 from memory_svc.convert import memory_from_row, timestamp
-from memory_svc.generation import outbox, watermarks
+from memory_svc.generation import watermarks
 from memory_svc.generation.accept import KIND
 from memory_svc.generation.states import CANCELLED, DONE
 from memory_svc.generation.tables import generation_results
@@ -577,7 +577,12 @@ async def _lock_targets(
 
 
 async def finish_cancelled(session: Any, row: Any, now: datetime) -> None:
-    """End an operation as CANCELLED (code 1) and drop its unpublished job."""
+    """End an operation as CANCELLED (code 1).
+
+    Its job is still published (or already was): the worker reads the finished operation from
+    its first progress report and skips it. Dropping an unpublished job instead would save a
+    delivery but make "was it delivered?" depend on a race with the relay.
+    """
     metadata = metadata_of(row)
     metadata.state = CANCELLED
     metadata.updated_at.CopyFrom(timestamp(now))
@@ -593,7 +598,6 @@ async def finish_cancelled(session: Any, row: Any, now: datetime) -> None:
             "updated_at": now,
         },
     )
-    await outbox.discard(session, operation_name=row.name)
 
 
 def _final_metadata(

@@ -83,11 +83,6 @@ async def enqueue(
     )
 
 
-async def discard(session: AsyncSession, *, operation_name: str) -> None:
-    """Drop a job not yet published (its operation was cancelled while queued)."""
-    await session.execute(delete(ob).where(ob.c.operation_name == operation_name))
-
-
 def job_of(
     *, operation_name: str, tenant_id: str, request: Any, now: datetime
 ) -> jobs_pb2.GenerateMemoriesJob:
