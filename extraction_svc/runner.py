@@ -275,6 +275,13 @@ class JobRunner(Generic[_M]):
 
     async def start(self) -> None:
         """Create or update the durable consumer and start fetching in the background."""
+        await self._ensure_consumer()
+        self._loop_task = asyncio.create_task(self._run(), name=f"jobs-{self._spec.name}")
+        self._backlog_task = asyncio.create_task(
+            self._watch_backlog(), name=f"jobs-{self._spec.name}-backlog"
+        )
+
+    async def _ensure_consumer(self) -> None:
         config = self._config
         await ensure_pull_consumer(
             self._js,
@@ -284,12 +291,7 @@ class JobRunner(Generic[_M]):
             ack_wait_s=config.ack_wait_s,
             max_deliver=config.max_deliver,
             backoff_s=config.consumer_backoff(),
-            # No more outstanding than this worker can run: the rest stays for other workers.
             max_ack_pending=max(1000, config.concurrency),
-        )
-        self._loop_task = asyncio.create_task(self._run(), name=f"jobs-{self._spec.name}")
-        self._backlog_task = asyncio.create_task(
-            self._watch_backlog(), name=f"jobs-{self._spec.name}-backlog"
         )
 
     async def stop(self) -> None:
@@ -316,10 +318,31 @@ class JobRunner(Generic[_M]):
     async def _run(self) -> None:
         if self._spec.ready is not None:
             await self._spec.ready()
+        pause = 0.0
+        while not self._stopping.is_set():
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive any one failure
+                # NATS unreachable while binding, the consumer deleted, a client bug: start
+                # over (re-binding, re-creating the consumer) instead of going quiet.
+                pause = min(10.0, max(0.5, pause * 2))
+                log.warning(
+                    "consuming %s jobs failed (%r); starting over in %.1fs",
+                    self._spec.name,
+                    exc,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                with contextlib.suppress(Exception):
+                    await self._ensure_consumer()
+
+    async def _consume(self) -> None:
         sub = await self._js.pull_subscribe_bind(
             durable=self._spec.name, stream=self._config.stream
         )
-        pause = 0.0
+        pause, failures = 0.0, 0
         try:
             while not self._stopping.is_set():
                 free = self._config.concurrency - len(self._inflight)
@@ -332,7 +355,9 @@ class JobRunner(Generic[_M]):
                     pause = 0.0
                     continue
                 except (nats.errors.Error, OSError) as exc:
-                    # NATS restarting or unreachable: the client reconnects by itself.
+                    # NATS restarting or unreachable (the client reconnects by itself), or the
+                    # consumer deleted under us (JetStream answers 503 then, too).
+                    failures += 1
                     pause = min(5.0, max(0.2, pause * 2))
                     log.warning(
                         "fetching %s jobs failed (%r); retrying in %.1fs",
@@ -341,8 +366,12 @@ class JobRunner(Generic[_M]):
                         pause,
                     )
                     await asyncio.sleep(pause)
+                    if failures % 3 == 0:
+                        # Idempotent: a no-op while the consumer exists.
+                        with contextlib.suppress(Exception):
+                            await self._ensure_consumer()
                     continue
-                pause = 0.0
+                pause, failures = 0.0, 0
                 for msg in messages:
                     task = asyncio.create_task(self._process(msg))
                     self._inflight[task] = msg

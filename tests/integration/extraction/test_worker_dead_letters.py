@@ -227,3 +227,18 @@ async def test_replay_of_an_unknown_dead_letter_fails(pipeline: Pipeline) -> Non
     missing = await asyncio.to_thread(cli, pipeline, "replay", "--id", "999999999")
     assert missing.returncode == 1
     assert "no dead letter 999999999" in missing.stderr
+
+
+async def test_the_worker_recovers_when_its_consumer_is_deleted(
+    pipeline: Pipeline, js: JetStreamContext, tenant: str
+) -> None:
+    await js.delete_consumer(jobs.STREAM, CONSUMER)
+    operation = await pipeline.generate(
+        tenant,
+        source_type="facts",
+        scope=SCOPE,
+        facts=[memory_pb2.ExtractedFact(fact="The user likes opera.", topic="USER_PREFERENCES")],
+    )
+    result = response_of(await pipeline.wait_done(tenant, operation.name))
+    assert result.memories_created == 1
+    await settled(js)
