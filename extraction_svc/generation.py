@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,7 @@ class GenerateMemoriesHandler:
         llm: LlmClient,
         *,
         default_model: str | None,
+        bank_cache_s: float = 5.0,
     ) -> None:
         """Create the handler.
 
@@ -99,11 +101,14 @@ class GenerateMemoriesHandler:
             clients: Stubs of the sessions and memory services.
             llm: The LiteLLM client.
             default_model: ``CONTEXTIQ_LLM_MODEL``.
+            bank_cache_s: How long a bank's configuration is reused (0: read it every job).
         """
         self._clients = clients
         self._llm = llm
         self._default_model = default_model
         self._llm_loaded = False
+        self._bank_cache_s = bank_cache_s
+        self._banks: dict[tuple[str, str], tuple[float, memory_pb2.MemoryBank]] = {}
 
     # ------------------------------------------------------------------ runner interface
 
@@ -175,13 +180,7 @@ class GenerateMemoriesHandler:
         # (they change nothing, and are discarded if it did).
         _, bank, source = await _together(
             self._report(job, delivery, first_state),
-            self._clients.memory.GetJobBank(
-                memory_job_service_pb2.GetJobBankRequest(
-                    tenant_id=job.tenant_id, bank_id=request.bank_id
-                ),
-                metadata=self._md(job, delivery),
-                timeout=self._clients.timeout_s,
-            ),
+            self._bank(job, delivery),
             self._source(job, delivery),
         )
         model = request.config.model or bank.extraction_model or self._default_model or None
@@ -321,6 +320,29 @@ class GenerateMemoriesHandler:
             if exc.code() == grpc.StatusCode.ABORTED and source.watermark:
                 raise _WatermarkMoved from None
             raise
+
+    async def _bank(
+        self, job: jobs_pb2.GenerateMemoriesJob, delivery: Delivery
+    ) -> memory_pb2.MemoryBank:
+        # A bank's configuration changes rarely and the memory service caches it as long: one
+        # call per bank and few seconds, not one per job (the memory service is the busy one).
+        key = (job.tenant_id, job.request.bank_id or "default")
+        now = time.monotonic()
+        cached = self._banks.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        bank: memory_pb2.MemoryBank = await self._clients.memory.GetJobBank(
+            memory_job_service_pb2.GetJobBankRequest(
+                tenant_id=job.tenant_id, bank_id=job.request.bank_id
+            ),
+            metadata=self._md(job, delivery),
+            timeout=self._clients.timeout_s,
+        )
+        if self._bank_cache_s > 0:
+            if len(self._banks) >= 10_000:
+                self._banks.clear()
+            self._banks[key] = (now + self._bank_cache_s, bank)
+        return bank
 
     async def _source(self, job: jobs_pb2.GenerateMemoriesJob, delivery: Delivery) -> _Source:
         request = job.request
