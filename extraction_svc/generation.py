@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -77,6 +77,12 @@ class _WatermarkMoved(Exception):  # noqa: N818 - control flow inside the handle
 
 
 @dataclass
+class _CountedLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass
 class _Source:
     events: list[session_pb2.Event]
     expected_watermark: str
@@ -109,6 +115,7 @@ class GenerateMemoriesHandler:
         self._llm_loaded = False
         self._bank_cache_s = bank_cache_s
         self._banks: dict[tuple[str, str], tuple[float, memory_pb2.MemoryBank]] = {}
+        self._session_locks: dict[str, _CountedLock] = {}
 
     # ------------------------------------------------------------------ runner interface
 
@@ -174,6 +181,28 @@ class GenerateMemoriesHandler:
     # ------------------------------------------------------------------------- the job
 
     async def _run(self, job: jobs_pb2.GenerateMemoriesJob, delivery: Delivery) -> None:
+        request = job.request
+        if request.source_type != "session":
+            await self._run_once(job, delivery)
+            return
+        # Generations of one session and scope take turns in this worker: the second then
+        # starts from the watermark the first advanced, instead of extracting the same events
+        # and losing the compare-and-set (which still guards against other workers).
+        key = "\x1f".join(
+            [job.tenant_id, request.bank_id, request.source_reference]
+            + [f"{k}={v}" for k, v in sorted(request.scope.items())]
+        )
+        lock = self._session_locks.setdefault(key, _CountedLock())
+        lock.users += 1
+        try:
+            async with lock.lock:
+                await self._run_once(job, delivery)
+        finally:
+            lock.users -= 1
+            if not lock.users:
+                self._session_locks.pop(key, None)
+
+    async def _run_once(self, job: jobs_pb2.GenerateMemoriesJob, delivery: Delivery) -> None:
         request = job.request
         first_state = "consolidating" if request.source_type == "facts" else "extracting"
         # The first report tells whether the operation already ended; the reads run meanwhile

@@ -4,6 +4,7 @@ every source, the watermark, dry runs, model failures, hallucinated ids and inje
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -435,9 +436,18 @@ async def test_concurrent_only_unprocessed_generations_store_each_fact_once(
         }
         names = [(await pipeline.generate(tenant, **request)).name for _ in range(3)]
         results = [response_of(await pipeline.wait_done(tenant, name)) for name in names]
-        # Whichever applied first took the events; the others found the watermark moved
-        # (compare-and-set), read again from it and had nothing left.
+        # The generations of the session took turns: the first took the events, the others
+        # started from the watermark it advanced and had nothing left. No event went to the
+        # model twice (across worker replicas the watermark's compare-and-set ensures the
+        # stored result is the same).
         assert sorted(r.memories_created for r in results) == [0, 0, 3]
+        extracted = [
+            t["event_id"]
+            for b in llm.requests
+            if _schema(b) == "extracted_facts"
+            for t in conversation_of(b)
+        ]
+        assert len(extracted) == len(set(extracted)) == 3
         facts = sorted(m.fact for m in await pipeline.list_memories(tenant))
         assert facts == [
             "The user said: I have two cats.",
@@ -570,3 +580,39 @@ async def test_the_banks_model_beats_the_default_one(
     assert result.memories_created == 0
     (sent,) = llm.requests
     assert sent["model"] == "bank-model"
+
+
+async def test_two_workers_racing_on_a_session_store_its_facts_once(
+    pipeline: Pipeline, tenant: str, llm: ScriptedLLM
+) -> None:
+    # Two replicas, one job each, both extracting the same events at the same time: the
+    # watermark's compare-and-set lets one apply; the other reads again from the new
+    # watermark and finds nothing left.
+    llm.fallback = lambda body: dataclasses.replace(echo_model(body), delay_s=3.0)
+    await pipeline.stop_worker()
+    second = None
+    try:
+        session = await pipeline.create_session(tenant, user_id="dana")
+        for text in ("I live in Lisbon.", "I have two cats."):
+            await pipeline.append(tenant, session.id, "user", text)
+        request = {
+            "source_type": "session",
+            "source_reference": session.id,
+            "config": {"only_unprocessed": True},
+        }
+        names = [(await pipeline.generate(tenant, **request)).name for _ in range(2)]
+        await pipeline.start_worker(worker_concurrency=1)
+        first_worker = pipeline.worker_server
+        second = await pipeline.start_worker(worker_concurrency=1)
+        second_server = pipeline.worker_server
+        pipeline.worker_server = first_worker
+        results = [response_of(await pipeline.wait_done(tenant, name)) for name in names]
+        assert sorted(r.memories_created for r in results) == [0, 2]
+        extraction_calls = [b for b in llm.requests if _schema(b) == "extracted_facts"]
+        assert len(extraction_calls) == 2  # both replicas extracted the same events
+        facts = sorted(m.fact for m in await pipeline.list_memories(tenant))
+        assert facts == ["The user said: I have two cats.", "The user said: I live in Lisbon."]
+    finally:
+        llm.fallback = None
+        if second is not None and second_server is not None:
+            await second_server.stop()
