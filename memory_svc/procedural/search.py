@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
+from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Table, and_, select, true
+from sqlalchemy import ColumnElement, and_, func, literal, literal_column, select, true, union_all
 
 from ciq_runtime.errors import InvalidArgument
 from contextiq.common.v1 import common_pb2
@@ -33,7 +35,7 @@ from memory_svc.index.protocol import IndexFilter
 from memory_svc.procedural import validation
 from memory_svc.procedural.convert import skill_from_row, trajectory_from_row, workflow_from_row
 from memory_svc.procedural.indexing import BANK, TABLES, topic_of
-from memory_svc.procedural.store import ProceduralStore, public_columns
+from memory_svc.procedural.store import ProceduralStore
 from memory_svc.repository import scope_condition
 from memory_svc.scopes import pair_tokens, scope_key, validate_scope
 from memory_svc.validation import validate_query, validate_top_k
@@ -41,6 +43,7 @@ from memory_svc.validation import validate_query, validate_top_k
 __all__ = ["ProceduralSearcher"]
 
 _ID_PUSHDOWN: Final = 10_000
+_ALL_TOPICS: Final = 2 + len(validation.SKILL_TYPES)
 _CONVERT: Final = {
     "workflow": ("workflow", workflow_from_row),
     "skill": ("skill", skill_from_row),
@@ -89,10 +92,15 @@ class ProceduralSearcher:
         if (skill_type or min_rate > 0) and not request.kinds:
             kinds = ("skill",)
 
-        conditions = {
-            kind: self._condition(kind, tenant_id, scope, inclusive, agent, skill_type, min_rate)
-            for kind in kinds
-        }
+        def conditions_on(tables: dict[str, Any]) -> dict[str, ColumnElement[bool]]:
+            return {
+                kind: _condition(
+                    kind, tables[kind], tenant_id, scope, inclusive, agent, skill_type, min_rate
+                )
+                for kind in kinds
+            }
+
+        conditions = conditions_on(TABLES)
         topics: set[str] = set()
         for kind in kinds:
             if kind == "skill":
@@ -130,25 +138,26 @@ class ProceduralSearcher:
                     bank_id=BANK,
                     scope_key=None if scope is None or inclusive else scope_key(scope),
                     scope_pairs=pair_tokens(scope) if scope is not None and inclusive else [],
-                    topics=frozenset(topics),
+                    # Every point of the collection is one of the three kinds: no filter
+                    # when all of them (every skill type) are searched.
+                    topics=None if len(topics) == _ALL_TOPICS else frozenset(topics),
                     ids=ids,
                 ),
                 limit=limit,
             )
             fused = weighted_rrf(hits.dense, hits.keyword)
             # Re-read the winners, best first, a few more than asked for (the index may hold
-            # a few stale points).
+            # a few stale points): one round trip over every kind searched.
+            aliased = conditions_on(_ALIASES)
             rows: dict[uuid.UUID, tuple[str, Any]] = {}
             start = 0
             while start < len(fused) and len(rows) < top_k:
                 chunk = [item.id for item in fused[start : start + top_k - len(rows) + 5]]
                 start += len(chunk)
-                for kind, condition in conditions.items():
-                    table = TABLES[kind]
-                    found = await session.execute(
-                        select(*public_columns(table)).where(table.c.id.in_(chunk), condition)
-                    )
-                    rows.update((row.id, (kind, row)) for row in found)
+                found = await session.execute(_hydration(aliased, chunk))
+                for kind, document in found:
+                    row = _row(document)
+                    rows[row.id] = (kind, row)
         response = procedural_service_pb2.SearchProceduralResponse()
         for item in fused[:start]:
             hit = rows.get(item.id)
@@ -165,30 +174,6 @@ class ProceduralSearcher:
                 break
         return response
 
-    def _condition(
-        self,
-        kind: str,
-        tenant_id: str,
-        scope: dict[str, str] | None,
-        inclusive: bool,
-        agent: str,
-        skill_type: str,
-        min_rate: float,
-    ) -> ColumnElement[bool]:
-        table: Table = TABLES[kind]
-        parts: list[ColumnElement[bool]] = [
-            table.c.tenant_id == tenant_id,
-            scope_condition(scope, inclusive=inclusive, table=table),
-        ]
-        if agent:
-            parts.append(table.c.agent_id == agent)
-        if kind == "skill":
-            if skill_type:
-                parts.append(table.c.skill_type == skill_type)
-            if min_rate > 0:
-                parts.append(table.c.success_rate >= min_rate)
-        return and_(true(), *parts)
-
     async def _matching_ids(self, conditions: dict[str, ColumnElement[bool]]) -> list[uuid.UUID]:
         found: list[uuid.UUID] = []
         async with self._store.sessions() as session:
@@ -203,3 +188,58 @@ class ProceduralSearcher:
                     ).scalars()
                 )
         return found
+
+
+def _condition(
+    kind: str,
+    table: Any,
+    tenant_id: str,
+    scope: dict[str, str] | None,
+    inclusive: bool,
+    agent: str,
+    skill_type: str,
+    min_rate: float,
+) -> ColumnElement[bool]:
+    """Every condition of the request on one kind's table (or its alias)."""
+    parts: list[ColumnElement[bool]] = [
+        table.c.tenant_id == tenant_id,
+        scope_condition(scope, inclusive=inclusive, table=table),
+    ]
+    if agent:
+        parts.append(table.c.agent_id == agent)
+    if kind == "skill":
+        if skill_type:
+            parts.append(table.c.skill_type == skill_type)
+        if min_rate > 0:
+            parts.append(table.c.success_rate >= min_rate)
+    return and_(true(), *parts)
+
+
+#: Each kind's table under a short alias: hydration reads whole rows as JSON documents.
+_ALIASES: Final = {kind: table.alias(kind[0]) for kind, table in TABLES.items()}
+_TIMES: Final = frozenset({"created_at", "updated_at", "last_used_at"})
+
+
+def _hydration(conditions: dict[str, ColumnElement[bool]], ids: list[uuid.UUID]) -> Any:
+    """One statement reading the rows of ``ids`` of every searched kind, as
+    ``(kind, document)`` with the embedding left out."""
+    parts = [
+        select(
+            literal(kind).label("kind"),
+            (func.to_jsonb(literal_column(_ALIASES[kind].name)) - "embedding").label("doc"),
+        )
+        .select_from(_ALIASES[kind])
+        .where(_ALIASES[kind].c.id.in_(ids), condition)
+        for kind, condition in conditions.items()
+    ]
+    return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
+def _row(document: dict[str, Any]) -> SimpleNamespace:
+    """A row-like object of a JSON document (ids as UUIDs, times as datetimes)."""
+    values: dict[str, Any] = {
+        key: datetime.fromisoformat(value) if key in _TIMES and value is not None else value
+        for key, value in document.items()
+    }
+    values["id"] = uuid.UUID(document["id"])
+    return SimpleNamespace(**values)

@@ -73,6 +73,15 @@ async def test_one_query_ranks_every_kind(
         assert results[0].score > 0
         assert "dense" in results[0].matched_signals
         assert {r.kind for r in results} == {"workflow", "skill", "trajectory"}
+    # Hits carry the whole object, exactly as Get returns it.
+    for result in await search(stub, who, "weather forecast for a city"):
+        item = getattr(result, result.WhichOneof("item") or "")
+        getter = {
+            "workflow": (stub.GetWorkflow, pb.GetWorkflowRequest),
+            "skill": (stub.GetSkill, pb.GetSkillRequest),
+            "trajectory": (stub.GetTrajectory, pb.GetTrajectoryRequest),
+        }[result.kind]
+        assert item == await getter[0](getter[1](id=item.id), metadata=who)
 
 
 async def test_kinds_type_rate_agent_and_scope_filters(
