@@ -228,3 +228,29 @@ async def test_ping_unreachable_database_is_unavailable() -> None:
     assert info.value.message.startswith("the database is unreachable: ")
     assert "\n" not in info.value.message
     assert "hunter2" not in info.value.message
+
+
+async def test_pooled_connections_cut_by_the_server_are_replaced(
+    pg_url: str, engine: AsyncEngine
+) -> None:
+    """A restart (here: the backends terminated) costs a reconnect, not a failed request."""
+
+    async def backend_pid() -> int:
+        async with transaction(session_factory(engine)) as session:
+            pid = int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+            await asyncio.sleep(0.05)  # hold the connection so that both pooled ones are used
+            return pid
+
+    before = set(await asyncio.gather(backend_pid(), backend_pid()))
+    assert len(before) == 2
+    killer = create_engine(pg_url, pool_size=1, max_overflow=0)
+    try:
+        async with killer.connect() as conn:
+            for pid in before:
+                # With a timeout it returns once the backend has exited.
+                await conn.execute(text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid})
+    finally:
+        await killer.dispose()
+    after = set(await asyncio.gather(backend_pid(), backend_pid()))
+    assert len(after) == 2
+    assert not after & before
