@@ -255,6 +255,7 @@ async def load(stack: MemoryStack, *, total: int, scopes: int, pool_size: int) -
                         created_at=now.timestamp(),
                         updated_at=now.timestamp(),
                         expires_at=NEVER,
+                        rank=float(values.get("success_rate", 0.0)),
                     )
                 )
             t = time.perf_counter()

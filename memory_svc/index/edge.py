@@ -44,7 +44,7 @@ _T = TypeVar("_T")
 # Payload fields with an index: every search filters on tenant, bank and scope (exact or
 # inclusive) and expiry; topic filters are pushed down too.
 _KEYWORD_FIELDS = ("bank_id", "scope_key", "scope_pairs", "topic")
-_FLOAT_FIELDS = ("expires_at", "created_at", "updated_at")
+_FLOAT_FIELDS = ("expires_at", "created_at", "updated_at", "rank")
 
 
 def _edge_filter(spec: IndexFilter) -> qe.Filter:
@@ -61,6 +61,8 @@ def _edge_filter(spec: IndexFilter) -> qe.Filter:
         must.append(qe.FieldCondition("expires_at", range=qe.RangeFloat(gt=spec.alive_at)))
     if spec.topics is not None:
         must.append(qe.FieldCondition("topic", match=qe.MatchAny(sorted(spec.topics))))
+    if spec.min_rank is not None:
+        must.append(qe.FieldCondition("rank", range=qe.RangeFloat(gte=spec.min_rank)))
     if spec.ids is not None:
         must.append(qe.HasIdCondition(set(spec.ids)))
     return qe.Filter(must=must)

@@ -61,6 +61,8 @@ class IndexPoint:
         created_at: Epoch seconds.
         updated_at: Epoch seconds.
         expires_at: Epoch seconds, :data:`NEVER` when it never expires.
+        rank: A number searches may require a minimum of (a skill's success rate in the
+            procedural collections; 0 for memories).
     """
 
     id: uuid.UUID
@@ -74,6 +76,7 @@ class IndexPoint:
     created_at: float
     updated_at: float
     expires_at: float
+    rank: float = 0.0
 
     def payload(self) -> dict[str, object]:
         """The payload stored with the point."""
@@ -86,6 +89,7 @@ class IndexPoint:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "expires_at": self.expires_at,
+            "rank": self.rank,
         }
 
 
@@ -101,6 +105,7 @@ class IndexFilter:
         alive_at: Only points with ``expires_at`` after this (epoch seconds).
         ids: Only these memories (a filter resolved in Postgres), when set.
         topics: Only these topics, when set.
+        min_rank: Only points whose ``rank`` is at least this, when set.
     """
 
     tenant_id: str
@@ -110,6 +115,7 @@ class IndexFilter:
     alive_at: float | None = None
     ids: frozenset[uuid.UUID] | None = None
     topics: frozenset[str] | None = None
+    min_rank: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

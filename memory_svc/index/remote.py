@@ -28,7 +28,7 @@ from memory_svc.index.protocol import (
 __all__ = ["RemoteIndex"]
 
 _KEYWORD_FIELDS = ("bank_id", "scope_key", "scope_pairs", "topic")
-_FLOAT_FIELDS = ("expires_at", "created_at", "updated_at")
+_FLOAT_FIELDS = ("expires_at", "created_at", "updated_at", "rank")
 
 
 def _filter(spec: IndexFilter) -> models.Filter:
@@ -50,6 +50,8 @@ def _filter(spec: IndexFilter) -> models.Filter:
         must.append(
             models.FieldCondition(key="topic", match=models.MatchAny(any=sorted(spec.topics)))
         )
+    if spec.min_rank is not None:
+        must.append(models.FieldCondition(key="rank", range=models.Range(gte=spec.min_rank)))
     if spec.ids is not None:
         must.append(models.HasIdCondition(has_id=[str(i) for i in spec.ids]))
     return models.Filter(must=must)

@@ -4,9 +4,9 @@ Procedural objects live in their own collection per embedding model
 (``procedural_<model>_<dimension>``), next to the memory collections of the same index
 (embedded engine or Qdrant server), with the same point layout: dense vector, BM25 sparse
 vector of the object's search text, and the payload fields the memory index already indexes.
-``bank_id`` is the constant ``"procedural"`` and ``topic`` tells the kinds apart
-(``workflow``, ``trajectory``, ``skill:<skill_type>``), so kind and skill-type filters run
-inside the index.
+``bank_id`` is the constant ``"procedural"``, ``topic`` tells the kinds apart
+(``workflow``, ``trajectory``, ``skill:<skill_type>``) and a skill's ``rank`` is its success
+rate, so kind, skill-type and success-rate filters run inside the index.
 
 The write path is the memory service's: commit the row with ``index_dirty`` set, write the
 index before the RPC returns (searchable once acknowledged), clear the flag. A failed index
@@ -117,6 +117,8 @@ class ProceduralIndex:
             created_at=row.created_at.timestamp(),
             updated_at=row.updated_at.timestamp(),
             expires_at=NEVER,
+            # A skill's success rate, so that min_success_rate filters inside the index.
+            rank=float(row.success_rate) if kind == "skill" else 0.0,
         )
 
     async def apply(

@@ -7,9 +7,11 @@ under the tenant, scope and kinds (``topic`` in the payload: ``workflow``, ``tra
 winners are re-read from Postgres under every condition of the request, which drops anything
 deleted or changed since the index saw it.
 
-Filters the index payload does not hold (``agent_id``, ``min_success_rate``) are resolved in
-Postgres first and pushed into the index as an id set (at most :data:`_ID_PUSHDOWN` ids;
-beyond that the index over-fetches and hydration drops non-matching candidates).
+``min_success_rate`` over skills alone is a range filter on the points' ``rank`` (a skill's
+success rate). Filters the index payload does not hold (``agent_id``, and
+``min_success_rate`` next to other kinds) are resolved in Postgres first and pushed into the
+index as an id set (at most :data:`_ID_PUSHDOWN` ids; beyond that the index over-fetches and
+hydration drops non-matching candidates).
 
 ``skill_type`` and ``min_success_rate`` restrict skills: when either is set and ``kinds`` is
 empty, only skills are searched; kinds named explicitly next to them are not filtered by them.
@@ -111,7 +113,10 @@ class ProceduralSearcher:
 
         limit = _candidates(top_k)
         ids: frozenset[uuid.UUID] | None = None
-        if agent or min_rate > 0:
+        # Only skills searched: the success rate is a range filter inside the index (every
+        # point's rank is its skill's rate); otherwise it is resolved in Postgres below.
+        min_rank = min_rate if min_rate > 0 and kinds == ("skill",) else None
+        if agent or (min_rate > 0 and min_rank is None):
             matching = await self._matching_ids(conditions)
             if not matching:
                 return procedural_service_pb2.SearchProceduralResponse()
@@ -142,6 +147,7 @@ class ProceduralSearcher:
                     # when all of them (every skill type) are searched.
                     topics=None if len(topics) == _ALL_TOPICS else frozenset(topics),
                     ids=ids,
+                    min_rank=min_rank,
                 ),
                 limit=limit,
             )

@@ -698,6 +698,8 @@ class ProceduralStore:
                         success_rate=rate(successes, failures),
                         updated_at=now,
                         version=locked.version + 1,
+                        # The index holds the rate (min_success_rate filters there).
+                        index_dirty=True,
                     )
                     .returning(*public_columns(s))
                 )
@@ -720,6 +722,8 @@ class ProceduralStore:
                     created_at=now,
                 )
             )
+        if locked.embedding is not None and locked.embedding_model == self.index.model:
+            await self.index.apply(upserts=[Upsert("skill", row, vector_of(locked.embedding))])
         return skill_from_row(row)
 
     # ------------------------------------------------------------------ trajectories

@@ -102,6 +102,9 @@ async def test_kinds_type_rate_agent_and_scope_filters(
     rated = await search(stub, who, query, min_success_rate=0.5)
     assert ids(rated) == [corpus["plan"].id]
     assert rated[0].skill.success_rate == 1.0
+    # Next to other kinds the rate filters skills only.
+    mixed = await search(stub, who, query, kinds=["skill", "workflow"], min_success_rate=0.5)
+    assert set(ids(mixed)) == {corpus["plan"].id, corpus["workflow"].id}
     by_agent = await search(stub, who, query, agent_id="a1")
     assert ids(by_agent) == [corpus["weather"].id]
     exact = await search(stub, who, query, scope={"team": "infra"})
