@@ -283,6 +283,24 @@ def test_no_secret_value_lands_outside_a_secret(renderer: Renderer) -> None:
     }
 
 
+def test_a_default_install_generates_the_jwt_secret_the_worker_signs_with(
+    renderer: Renderer,
+) -> None:
+    # The extraction worker mints per-tenant service tokens with CONTEXTIQ_JWT_SECRET and
+    # refuses to start without one: a default install must not crash-loop it.
+    manifests = renderer.render()
+    chart_secrets = [s for s in kinds(manifests, "Secret") if "CONTEXTIQ_JWT_SECRET" in s["data"]]
+    assert len(chart_secrets) == 1
+    generated = base64.b64decode(chart_secrets[0]["data"]["CONTEXTIQ_JWT_SECRET"]).decode()
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", generated)
+    for deployment in kinds(manifests, "Deployment"):
+        if component(deployment) == "gateway":
+            continue
+        (container,) = containers(deployment)
+        ref = env_of(container)["CONTEXTIQ_JWT_SECRET"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": chart_secrets[0]["metadata"]["name"], "key": "CONTEXTIQ_JWT_SECRET"}
+
+
 def test_each_component_gets_only_the_secrets_it_needs(renderer: Renderer) -> None:
     manifests = renderer.render(files=(PRODUCTION,))
     refs: dict[str, set[str]] = {}

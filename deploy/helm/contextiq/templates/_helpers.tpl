@@ -166,7 +166,7 @@ without them still works; with the chart's Secret only the values that are set a
       name: {{ $existing }}
       key: {{ $v.secrets.existingSecretKeys.jwtSecret }}
       optional: true
-{{- else if $v.secrets.jwtSecret }}
+{{- else }}
 - name: CONTEXTIQ_JWT_SECRET
   valueFrom:
     secretKeyRef:
@@ -218,4 +218,22 @@ checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256
   {{- else }}
   emptyDir: {}
   {{- end }}
+{{- end }}
+
+{{/*
+The JWT HS256 secret of the chart's Secret: secrets.jwtSecret when set; else the one the
+release's Secret already holds (kept across upgrades); else a new random one. The extraction
+worker signs its per-tenant service tokens with it, so the chart never renders without one.
+*/}}
+{{- define "contextiq.jwtSecret" -}}
+{{- if .Values.secrets.jwtSecret }}
+{{- .Values.secrets.jwtSecret }}
+{{- else }}
+{{- $current := lookup "v1" "Secret" .Release.Namespace (include "contextiq.fullname" .) }}
+{{- if and $current $current.data (hasKey $current.data "CONTEXTIQ_JWT_SECRET") }}
+{{- index $current.data "CONTEXTIQ_JWT_SECRET" | b64dec }}
+{{- else }}
+{{- randAlphaNum 48 }}
+{{- end }}
+{{- end }}
 {{- end }}
