@@ -370,7 +370,13 @@ def settings_secrets(settings: Settings) -> list[str]:
         The JWT secret, bootstrap API key, LLM key and the passwords of the database, NATS and
         Qdrant URLs that are set.
     """
-    found = [settings.jwt_secret, settings.bootstrap_api_key, settings.llm_api_key]
+    found = [
+        settings.jwt_secret,
+        settings.bootstrap_api_key,
+        settings.llm_api_key,
+        settings.qdrant_api_key,
+        settings.embedding_api_key,
+    ]
     for url in (settings.database_url, settings.nats_url, settings.qdrant_url):
         for part in (url or "").split(","):
             try:

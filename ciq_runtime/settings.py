@@ -102,6 +102,10 @@ def _redact_one_url(url: str, mask_username_only: bool) -> str:
     return urlunsplit(SplitResult(parts.scheme, f"{userinfo}@{hostinfo}", *parts[2:]))
 
 
+def _optional_path(value: str | None) -> Path | None:
+    return None if value is None else Path(value).expanduser()
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     """Everything a ContextIQ process reads from its environment.
@@ -174,6 +178,18 @@ class Settings:
     """Pause between two purges of expired sessions."""
     sessions_stream_poll_s: float = 5.0
     """How often an idle StreamEvents re-checks the database (a lost notification's bound)."""
+    qdrant_path: Path | None = None
+    """Directory of the embedded vector index; ``<data_dir>/qdrant`` when unset."""
+    qdrant_api_key: str | None = None
+    """API key of the Qdrant server named by ``qdrant_url``."""
+    embedding_model: str | None = None
+    """Embedding model of banks that name none; the bundled local model when unset."""
+    embedding_api_base: str | None = None
+    """Base URL of an OpenAI-compatible embedding server for LiteLLM embedding models."""
+    embedding_api_key: str | None = None
+    """API key for LiteLLM embedding models; providers' own variables also work."""
+    memory_sweep_interval_s: float = 30.0
+    """Pause between two purges of expired memories."""
 
     def __post_init__(self) -> None:
         # Normalising here (not only in from_env) means Settings(...) and replace(...) can never
@@ -266,6 +282,14 @@ class Settings:
             sessions_stream_poll_s=env.number(
                 "CONTEXTIQ_SESSIONS_STREAM_POLL_SECONDS", 5.0, minimum=0.05
             ),
+            qdrant_path=_optional_path(env.optional("CONTEXTIQ_QDRANT_PATH")),
+            qdrant_api_key=env.optional("QDRANT_API_KEY"),
+            embedding_model=env.optional("CONTEXTIQ_EMBEDDING_MODEL"),
+            embedding_api_base=env.optional("CONTEXTIQ_EMBEDDING_API_BASE"),
+            embedding_api_key=env.optional("CONTEXTIQ_EMBEDDING_API_KEY"),
+            memory_sweep_interval_s=env.number(
+                "CONTEXTIQ_MEMORY_SWEEP_INTERVAL_SECONDS", 30.0, minimum=0.1
+            ),
         )
 
     def replace(self, **changes: Any) -> Settings:
@@ -290,7 +314,13 @@ class Settings:
             value = getattr(self, f.name)
             if value is None:
                 out[f.name] = None
-            elif f.name in ("jwt_secret", "bootstrap_api_key", "llm_api_key"):
+            elif f.name in (
+                "jwt_secret",
+                "bootstrap_api_key",
+                "llm_api_key",
+                "qdrant_api_key",
+                "embedding_api_key",
+            ):
                 out[f.name] = REDACTED
             elif f.name == "database_url":
                 out[f.name] = redact_url(value)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -72,10 +71,10 @@ def _make_index(settings: Settings, index_path: Path | None, qdrant_url: str | N
     if qdrant_url:
         from memory_svc.index.remote import RemoteIndex
 
-        return RemoteIndex.connect(qdrant_url, api_key=os.environ.get("QDRANT_API_KEY") or None)
+        return RemoteIndex.connect(qdrant_url, api_key=settings.qdrant_api_key)
     from memory_svc.index.edge import EdgeIndex
 
-    return EdgeIndex(index_path or settings.data_dir / "qdrant")
+    return EdgeIndex(index_path or settings.qdrant_path or settings.data_dir / "qdrant")
 
 
 def build_memory(
@@ -84,10 +83,10 @@ def build_memory(
     index: VectorIndex | None = None,
     index_path: Path | None = None,
     qdrant_url: str | None = None,
-    embedding_model: str = DEFAULT_MODEL,
+    embedding_model: str | None = None,
     litellm_options: Mapping[str, Any] | None = None,
     embedder_factories: Mapping[str, Callable[[], Embedder]] | None = None,
-    sweep_interval_s: float = 30.0,
+    sweep_interval_s: float | None = None,
     repair_interval_s: float = 10.0,
     repair_after_s: float = 10.0,
     optimize_interval_s: float = 5.0,
@@ -100,12 +99,15 @@ def build_memory(
         settings: Process settings; ``database_url`` is required, ``qdrant_url`` selects a
             Qdrant server, ``data_dir`` holds the embedded index.
         index: A ready index (tests); overrides ``index_path`` and ``qdrant_url``.
-        index_path: Directory of the embedded index; ``<data_dir>/qdrant`` by default.
+        index_path: Directory of the embedded index; ``settings.qdrant_path``, else
+            ``<data_dir>/qdrant``.
         qdrant_url: Qdrant server URL; ``settings.qdrant_url`` by default.
-        embedding_model: Embedding model of banks that do not name one.
-        litellm_options: Keyword arguments for LiteLLM embedding calls (``api_base``...).
+        embedding_model: Embedding model of banks that do not name one;
+            ``settings.embedding_model``, else the bundled local model.
+        litellm_options: Keyword arguments for LiteLLM embedding calls (``api_base``...);
+            ``settings.embedding_api_base`` / ``embedding_api_key`` by default.
         embedder_factories: Extra embedders by model name (tests, benchmarks).
-        sweep_interval_s: Pause between TTL sweeps.
+        sweep_interval_s: Pause between TTL sweeps; ``settings.memory_sweep_interval_s``.
         repair_interval_s: Pause between index repairs of rows whose index write failed.
         repair_after_s: Age from which a row still marked dirty counts as a failed index
             write (younger ones belong to writes in flight).
@@ -123,6 +125,18 @@ def build_memory(
         schema=models.SCHEMA,
         version_table=models.VERSION_TABLE,
     )
+    embedding_model = embedding_model or settings.embedding_model or DEFAULT_MODEL
+    if sweep_interval_s is None:
+        sweep_interval_s = settings.memory_sweep_interval_s
+    if litellm_options is None:
+        litellm_options = {
+            key: value
+            for key, value in (
+                ("api_base", settings.embedding_api_base),
+                ("api_key", settings.embedding_api_key),
+            )
+            if value
+        }
     vector_index = index or _make_index(settings, index_path, qdrant_url or settings.qdrant_url)
     embedders = EmbedderRegistry(litellm_options=litellm_options, factories=embedder_factories)
     default_dimension = 384 if embedding_model == DEFAULT_MODEL else 0

@@ -54,6 +54,12 @@ def test_every_variable_is_read() -> None:
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4317",
         "CONTEXTIQ_PG_PORT": "5433",
         "CONTEXTIQ_NATS_PORT": "4223",
+        "QDRANT_API_KEY": "qdrant-key",
+        "CONTEXTIQ_QDRANT_PATH": "/var/lib/ciq/index",
+        "CONTEXTIQ_EMBEDDING_MODEL": "openai/text-embedding-3-small",
+        "CONTEXTIQ_EMBEDDING_API_BASE": "http://embed:8000/v1",
+        "CONTEXTIQ_EMBEDDING_API_KEY": "embed-key",
+        "CONTEXTIQ_MEMORY_SWEEP_INTERVAL_SECONDS": "7.5",
     }
     s = Settings.from_env(env, service_name="memory")
     assert (s.grpc_host, s.grpc_port, s.http_host, s.http_port) == ("0.0.0.0", 6000, "::", 6001)
@@ -77,6 +83,10 @@ def test_every_variable_is_read() -> None:
     assert s.worker_concurrency == 2
     assert s.otel_endpoint == "http://otel:4317"
     assert (s.pg_port, s.nats_port) == (5433, 4223)
+    assert (s.qdrant_api_key, s.qdrant_path) == ("qdrant-key", Path("/var/lib/ciq/index"))
+    assert s.embedding_model == "openai/text-embedding-3-small"
+    assert (s.embedding_api_base, s.embedding_api_key) == ("http://embed:8000/v1", "embed-key")
+    assert s.memory_sweep_interval_s == 7.5
 
 
 @pytest.mark.parametrize(
@@ -159,10 +169,13 @@ def test_redacted_dict_masks_secrets() -> None:
             "NATS_URL": "nats://user:nats-pass@n1:4222,nats://tok3n@n2:4222",
             "CONTEXTIQ_JWT_SECRET": "jwt-secret-value",
             "CONTEXTIQ_BOOTSTRAP_API_KEY": "ck_live_abcdefgh",
+            "QDRANT_API_KEY": "qdrant-key-value",
+            "CONTEXTIQ_EMBEDDING_API_KEY": "embedding-key-value",
         },
         service_name="x",
     )
     shown = s.redacted_dict()
+    assert shown["qdrant_api_key"] == shown["embedding_api_key"] == REDACTED
     assert shown["jwt_secret"] == REDACTED
     assert shown["bootstrap_api_key"] == REDACTED
     assert shown["database_url"] == (
@@ -171,7 +184,8 @@ def test_redacted_dict_masks_secrets() -> None:
     assert shown["nats_url"] == f"nats://user:{REDACTED}@n1:4222,nats://{REDACTED}@n2:4222"
     assert shown["data_dir"] == ".contextiq"
     text = repr(s) + str(shown)
-    for secret in ("pg-pass", "nats-pass", "tok3n", "jwt-secret-value", "ck_live_abcdefgh"):
+    secrets = ("pg-pass", "nats-pass", "tok3n", "jwt-secret-value", "ck_live_abcdefgh")
+    for secret in (*secrets, "qdrant-key-value", "embedding-key-value"):
         assert secret not in text
 
 
