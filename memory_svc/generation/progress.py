@@ -6,16 +6,23 @@ behind the current one changes the state not (a redelivered job starts over at
 recorded. Reports after the end are ignored and return the finished operation; a report for
 an operation whose cancellation was requested finishes it as CANCELLED, which tells the worker
 to stop.
+
+Each report is one compare-and-set UPDATE (with its NOTIFY) against the version of the
+operation this process last saw: a job's reports follow each other on the same process, so
+the row returned by one report is the starting point of the next, and only the first report
+of a job (or one that lost a race, or whose cached row another replica changed) reads the row
+first.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import datetime
 from typing import Any, Final
 
 from google.longrunning import operations_pb2
 from google.rpc import code_pb2, status_pb2
-from sqlalchemy import func, select, update
+from sqlalchemy import Executable, bindparam, func, select, update
 
 from ciq_runtime.db import transaction
 from ciq_runtime.errors import InvalidArgument
@@ -27,19 +34,96 @@ from memory_svc.generation.apply import finish_cancelled, load_operation, metada
 from memory_svc.generation.states import DONE, FAILED, RANK, REPORTABLE
 from memory_svc.operations import OPERATIONS_CHANNEL, OperationStore, pack, to_proto
 
-__all__ = ["report_progress"]
+__all__ = ["RecentOperations", "report_progress"]
 
 o = models.operations
 #: Optimistic attempts before falling back to a locking transaction.
 _OPTIMISTIC_TRIES: Final = 3
+_DEFAULT_SIZE: Final = 4096
+
+
+class RecentOperations:
+    """The rows of running operations as this process last wrote them (an LRU).
+
+    A cached row is only ever a guess: the update it seeds is compare-and-set on the row's
+    version, so a row another replica (or a cancellation) changed since is simply re-read.
+    """
+
+    def __init__(self, *, size: int = _DEFAULT_SIZE) -> None:
+        """Keep at most ``size`` rows."""
+        self._size = size
+        self._rows: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, name: str, tenant_id: str) -> Any | None:
+        """The row last seen of the tenant's running operation ``name``, if any."""
+        row = self._rows.get(name)
+        if row is None or row.tenant_id != tenant_id:
+            return None
+        self._rows.move_to_end(name)
+        return row
+
+    def put(self, row: Any) -> None:
+        """Remember a running operation's row; forget a finished one."""
+        if row.done:
+            self._rows.pop(row.name, None)
+            return
+        self._rows[row.name] = row
+        self._rows.move_to_end(row.name)
+        while len(self._rows) > self._size:
+            self._rows.popitem(last=False)
+
+    def forget(self, name: str) -> None:
+        """Drop an operation's row."""
+        self._rows.pop(name, None)
+
+
+#: The compare-and-set statements by the columns they set, built once: a statement object
+#: reused keeps its SQL cache key, which SQLAlchemy would otherwise recompute per report.
+_CAS_STATEMENTS: dict[tuple[str, ...], Executable] = {}
+
+
+def _cas_statement(columns: tuple[str, ...]) -> Executable:
+    statement = _CAS_STATEMENTS.get(columns)
+    if statement is None:
+        changed = (
+            update(o)
+            .where(
+                o.c.name == bindparam("p_name", type_=o.c.name.type),
+                o.c.tenant_id == bindparam("p_tenant_id", type_=o.c.tenant_id.type),
+                o.c.version == bindparam("p_version", type_=o.c.version.type),
+            )
+            .values(
+                {
+                    **{c: bindparam(f"p_{c}", type_=o.c[c].type) for c in columns},
+                    "version": o.c.version + 1,
+                }
+            )
+            .returning(o)
+            .cte("changed")
+        )
+        statement = select(
+            *changed.c, func.pg_notify(OPERATIONS_CHANNEL, changed.c.name).label("notified")
+        )
+        _CAS_STATEMENTS[columns] = statement
+    return statement
 
 
 async def report_progress(
     backend: Backend,
     tenant_id: str,
     request: memory_job_service_pb2.ReportOperationProgressRequest,
+    *,
+    recent: RecentOperations | None = None,
 ) -> operations_pb2.Operation:
-    """Record a progress report; returns the operation as it now stands."""
+    """Record a progress report; returns the operation as it now stands.
+
+    Args:
+        backend: The memory backend.
+        tenant_id: The tenant the job acts for.
+        request: The report.
+        recent: Rows of running operations this process wrote last (see
+            :class:`RecentOperations`); None reads the row for every report.
+    """
     if request.state not in REPORTABLE:
         raise InvalidArgument(f"state must be one of {', '.join(REPORTABLE)}", field="state")
     if request.extracted_count < 0:
@@ -49,34 +133,31 @@ async def report_progress(
     if request.state == FAILED and request.HasField("error") and request.error.code == 0:
         raise InvalidArgument("error.code must not be OK for a failure", field="error.code")
     name = request.operation_name
-    # Fast path, two statements without an explicit transaction: read, then update only if
-    # the row did not change meanwhile (its version). A lost race or a pending cancellation
-    # goes through the locking transaction below.
+    rows = recent if recent is not None else RecentOperations(size=0)
+    # Fast path, without an explicit transaction: a compare-and-set UPDATE on the row's
+    # version, from the row this process last saw or else one read now. A lost race or a
+    # pending cancellation goes through the locking transaction below.
+    row = rows.get(name, tenant_id) if name else None
     async with backend.autocommit() as connection:
         for _ in range(_OPTIMISTIC_TRIES):
-            row = await load_operation(connection, tenant_id=tenant_id, name=name)
+            if row is None:
+                row = await load_operation(connection, tenant_id=tenant_id, name=name)
             if row.done:
+                rows.forget(name)
                 return to_proto(row)
             if row.cancel_requested:
                 break
-            now = backend.clock()
-            changed = (
-                update(o)
-                .where(o.c.name == row.name, o.c.version == row.version)
-                .values(**_changes(row, request, now), version=o.c.version + 1)
-                .returning(o)
-                .cte("changed")
-            )
+            values = _changes(row, request, backend.clock())
+            params = {f"p_{column}": value for column, value in values.items()}
+            params.update(p_name=row.name, p_tenant_id=tenant_id, p_version=row.version)
             updated = (
-                await connection.execute(
-                    select(
-                        *changed.c,
-                        func.pg_notify(OPERATIONS_CHANNEL, changed.c.name).label("notified"),
-                    )
-                )
+                await connection.execute(_cas_statement(tuple(values)), params)
             ).one_or_none()
             if updated is not None:
+                rows.put(updated)
                 return to_proto(updated)
+            row = None
+    rows.forget(name)
     now = backend.clock()
     async with transaction(backend.sessions) as session:
         row = await load_operation(session, tenant_id=tenant_id, name=name, lock=True)

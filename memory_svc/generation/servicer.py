@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.longrunning import operations_pb2
@@ -22,7 +22,7 @@ from memory_svc.generation.accept import Acceptor
 from memory_svc.generation.apply import Applier
 from memory_svc.generation.lifecycle import Lifecycle, OperationWaiter
 from memory_svc.generation.outbox import Relay
-from memory_svc.generation.progress import report_progress
+from memory_svc.generation.progress import RecentOperations, report_progress
 from memory_svc.generation.requests import SessionLookup
 from memory_svc.generation.similar import find_similar
 from memory_svc.generation.vectors import RecentVectors
@@ -45,6 +45,8 @@ class Generation:
             outbox for a replica that has one).
         vectors: Embeddings of recent facts, shared by FindSimilarMemories and
             ApplyGeneration (a job embeds mostly the same texts for both).
+        operations: Rows of running operations as the last progress report left them (the
+            next report of the job updates from there without reading the row first).
     """
 
     acceptor: Acceptor
@@ -54,6 +56,7 @@ class Generation:
     sessions: SessionLookup
     relay: Relay | None
     vectors: RecentVectors
+    operations: RecentOperations = field(default_factory=RecentOperations)
 
 
 def acting_tenant(tenant_id: str) -> str:
@@ -132,4 +135,6 @@ class MemoryJobServicer(memory_job_service_pb2_grpc.MemoryJobServiceServicer):
         self, request: memory_job_service_pb2.ReportOperationProgressRequest, context: Any
     ) -> operations_pb2.Operation:
         """Record the worker's progress."""
-        return await report_progress(self._b, acting_tenant(request.tenant_id), request)
+        return await report_progress(
+            self._b, acting_tenant(request.tenant_id), request, recent=self._g.operations
+        )
