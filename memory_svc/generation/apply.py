@@ -57,6 +57,8 @@ r = models.memory_revisions
 res = generation_results
 
 _ACTIONS: Final = ("CREATE", "UPDATE", "DELETE", "NOOP")
+_INSERT_MEMORIES: Final = insert(m).returning(*repository.PUBLIC_COLUMNS)
+_INSERT_REVISIONS: Final = insert(r)
 _MAX_ACTIONS: Final = 1_000
 
 
@@ -425,9 +427,9 @@ class Applier:
             )
         inserted: dict[uuid.UUID, Any] = {}
         if new_rows:
-            result = await session.execute(
-                insert(m).values(new_rows).returning(*repository.PUBLIC_COLUMNS)
-            )
+            # Rows as parameters, not as .values([...]): SQLAlchemy caches the compiled form of
+            # this statement (it renders it as one multi-row INSERT), never of a multi-VALUES one.
+            result = await session.execute(_INSERT_MEMORIES, new_rows)
             inserted = {row.id: row for row in result.all()}
         revision_rows: list[dict[str, Any]] = []
         for action in actions:
@@ -497,7 +499,7 @@ class Applier:
                 )
             )
         if revision_rows:
-            await session.execute(insert(r).values(revision_rows))
+            await session.execute(_INSERT_REVISIONS, revision_rows)
         return outcome
 
 
