@@ -353,6 +353,13 @@ def _context_ids() -> dict[str, str]:
 
 
 def _cost(litellm: Any, response: Any) -> float:
+    """The call's cost in USD; 0 for a model without a known price (cost is informative)."""
+    # LiteLLM prices every response while handling it and keeps the figure in the response's
+    # hidden params (None when the model has no price): reuse it rather than price it twice.
+    hidden = getattr(response, "_hidden_params", None)
+    if isinstance(hidden, dict) and "response_cost" in hidden:
+        cost = hidden["response_cost"]
+        return float(cost) if isinstance(cost, int | float) else 0.0
     try:
         return float(litellm.completion_cost(completion_response=response) or 0.0)
     except Exception:  # noqa: BLE001 - unknown models have no price; cost is informative only
