@@ -21,7 +21,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import status_pb2
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,6 +36,39 @@ o = models.operations
 _PREFIX: Final = "operations/"
 #: Postgres NOTIFY channel carrying the name of every operation that changed.
 OPERATIONS_CHANNEL: Final = "memory_operations"
+
+# Hot statements built once: a reused statement object keeps its SQL cache key, which
+# SQLAlchemy otherwise recomputes (with the expression building) on every call.
+_BY_NAME: Final = select(o).where(
+    o.c.tenant_id == bindparam("p_tenant_id", type_=o.c.tenant_id.type),
+    o.c.name == bindparam("p_name", type_=o.c.name.type),
+)
+_BY_NAME_LOCKED: Final = _BY_NAME.with_for_update()
+_BY_REQUEST_ID: Final = select(o).where(
+    o.c.tenant_id == bindparam("p_tenant_id", type_=o.c.tenant_id.type),
+    o.c.request_id == bindparam("p_request_id", type_=o.c.request_id.type),
+)
+_CREATE_COLUMNS: Final = (
+    "name",
+    "tenant_id",
+    "kind",
+    "bank_id",
+    "done",
+    "metadata",
+    "request",
+    "request_id",
+    "attempt",
+    "created_at",
+    "updated_at",
+)
+_CREATE: Final = pg_insert(o).values(
+    {c: bindparam(f"p_{c}", type_=o.c[c].type) for c in _CREATE_COLUMNS}
+)
+_CREATE_ONCE: Final = _CREATE.on_conflict_do_nothing(
+    index_elements=[o.c.tenant_id, o.c.request_id],
+    index_where=o.c.request_id.is_not(None),
+).returning(o)
+_CREATE_ALWAYS: Final = _CREATE.returning(o)
 
 
 def pack(message: Message) -> bytes:
@@ -115,7 +148,7 @@ class OperationStore:
         """
         parse_name(name)
         row = (
-            await session.execute(select(o).where(o.c.tenant_id == tenant_id, o.c.name == name))
+            await session.execute(_BY_NAME, {"p_tenant_id": tenant_id, "p_name": name})
         ).one_or_none()
         if row is None:
             raise NotFound(f"operation {name!r} not found")
@@ -179,30 +212,25 @@ class OperationStore:
         """
         name = f"{_PREFIX}{uuid.uuid4()}"
         values = {
-            "name": name,
-            "tenant_id": tenant_id,
-            "kind": kind,
-            "bank_id": bank_id,
-            "done": False,
-            "metadata": pack(metadata),
-            "request": request.SerializeToString(),
-            "request_id": request_id,
-            "attempt": attempt,
-            "created_at": now,
-            "updated_at": now,
+            "p_name": name,
+            "p_tenant_id": tenant_id,
+            "p_kind": kind,
+            "p_bank_id": bank_id,
+            "p_done": False,
+            "p_metadata": pack(metadata),
+            "p_request": request.SerializeToString(),
+            "p_request_id": request_id,
+            "p_attempt": attempt,
+            "p_created_at": now,
+            "p_updated_at": now,
         }
-        statement = pg_insert(o).values(**values)
-        if request_id is not None:
-            statement = statement.on_conflict_do_nothing(
-                index_elements=[o.c.tenant_id, o.c.request_id],
-                index_where=o.c.request_id.is_not(None),
-            )
-        row = (await session.execute(statement.returning(o))).one_or_none()
+        statement = _CREATE_ALWAYS if request_id is None else _CREATE_ONCE
+        row = (await session.execute(statement, values)).one_or_none()
         if row is not None:
             return to_proto(row), True
         existing = (
             await session.execute(
-                select(o).where(o.c.tenant_id == tenant_id, o.c.request_id == request_id)
+                _BY_REQUEST_ID, {"p_tenant_id": tenant_id, "p_request_id": request_id}
             )
         ).one()
         return to_proto(existing), False
@@ -214,7 +242,7 @@ class OperationStore:
         """The tenant's operation created with this idempotency key."""
         row = (
             await session.execute(
-                select(o).where(o.c.tenant_id == tenant_id, o.c.request_id == request_id)
+                _BY_REQUEST_ID, {"p_tenant_id": tenant_id, "p_request_id": request_id}
             )
         ).one_or_none()
         return None if row is None else to_proto(row)
@@ -227,10 +255,10 @@ class OperationStore:
             NotFound: Missing, malformed, or another tenant's.
         """
         parse_name(name)
-        statement = select(o).where(o.c.tenant_id == tenant_id, o.c.name == name)
-        if lock:
-            statement = statement.with_for_update()
-        row = (await session.execute(statement)).one_or_none()
+        statement = _BY_NAME_LOCKED if lock else _BY_NAME
+        row = (
+            await session.execute(statement, {"p_tenant_id": tenant_id, "p_name": name})
+        ).one_or_none()
         if row is None:
             raise NotFound(f"operation {name!r} not found")
         return row

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from google.longrunning import operations_pb2
 from google.rpc import code_pb2, status_pb2
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
 from ciq_runtime.db import transaction
 from ciq_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -59,6 +59,42 @@ res = generation_results
 _ACTIONS: Final = ("CREATE", "UPDATE", "DELETE", "NOOP")
 _INSERT_MEMORIES: Final = insert(m).returning(*repository.PUBLIC_COLUMNS)
 _INSERT_REVISIONS: Final = insert(r)
+# Statements built once (a reused statement keeps its SQL cache key).
+_WITH_RESULT: Final = (
+    select(o, res.c.response.label("stored_response"))
+    .select_from(o.outerjoin(res, res.c.operation_name == o.c.name))
+    .where(
+        o.c.tenant_id == bindparam("p_tenant_id", type_=o.c.tenant_id.type),
+        o.c.name == bindparam("p_name", type_=o.c.name.type),
+    )
+)
+_WITH_RESULT_LOCKED: Final = _WITH_RESULT.with_for_update(of=o)
+# The result (the idempotency record), the finished operation and the notification of its
+# waiters, in one statement.
+_STORED: Final = (
+    insert(res)
+    .values(
+        operation_name=bindparam("p_name", type_=res.c.operation_name.type),
+        tenant_id=bindparam("p_tenant_id", type_=res.c.tenant_id.type),
+        response=bindparam("p_result", type_=res.c.response.type),
+        created_at=bindparam("p_now", type_=res.c.created_at.type),
+    )
+    .cte("stored")
+)
+_FINISHED: Final = (
+    update(o)
+    .where(o.c.name == bindparam("p_name", type_=o.c.name.type))
+    .values(
+        done=True,
+        response=bindparam("p_response", type_=o.c.response.type),
+        metadata=bindparam("p_metadata", type_=o.c.metadata.type),
+        updated_at=bindparam("p_now", type_=o.c.updated_at.type),
+        version=o.c.version + 1,
+    )
+    .returning(o.c.name)
+    .cte("finished")
+)
+_FINISH: Final = select(func.pg_notify(OPERATIONS_CHANNEL, _FINISHED.c.name)).add_cte(_STORED)
 _MAX_ACTIONS: Final = 1_000
 
 
@@ -120,14 +156,10 @@ async def load_with_result(
     if not name:
         raise InvalidArgument("operation_name is required", field="operation_name")
     parse_name(name)
-    statement = (
-        select(o, res.c.response.label("stored_response"))
-        .select_from(o.outerjoin(res, res.c.operation_name == o.c.name))
-        .where(o.c.tenant_id == tenant_id, o.c.name == name)
-    )
-    if lock:
-        statement = statement.with_for_update(of=o)
-    row = (await session.execute(statement)).one_or_none()
+    statement = _WITH_RESULT_LOCKED if lock else _WITH_RESULT
+    row = (
+        await session.execute(statement, {"p_tenant_id": tenant_id, "p_name": name})
+    ).one_or_none()
     if row is None:
         raise NotFound(f"operation {name!r} not found")
     if row.kind != KIND:
@@ -335,33 +367,16 @@ class Applier:
                 )
                 metadata = metadata_of(row)
                 _final_metadata(metadata, outcome.response, request, now)
-                # The result (the idempotency record), the finished operation and the
-                # notification of its waiters, in one statement.
-                stored_cte = (
-                    insert(res)
-                    .values(
-                        operation_name=name,
-                        tenant_id=tenant_id,
-                        response=outcome.response.SerializeToString(),
-                        created_at=now,
-                    )
-                    .cte("stored")
-                )
-                finished = (
-                    update(o)
-                    .where(o.c.name == name)
-                    .values(
-                        done=True,
-                        response=pack(outcome.response),
-                        metadata=pack(metadata),
-                        updated_at=now,
-                        version=o.c.version + 1,
-                    )
-                    .returning(o.c.name)
-                    .cte("finished")
-                )
                 await session.execute(
-                    select(func.pg_notify(OPERATIONS_CHANNEL, finished.c.name)).add_cte(stored_cte)
+                    _FINISH,
+                    {
+                        "p_name": name,
+                        "p_tenant_id": tenant_id,
+                        "p_result": outcome.response.SerializeToString(),
+                        "p_response": pack(outcome.response),
+                        "p_metadata": pack(metadata),
+                        "p_now": now,
+                    },
                 )
         if refusal is not None:
             raise refusal

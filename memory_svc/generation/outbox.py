@@ -26,7 +26,7 @@ from typing import Any, Final
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from opentelemetry import propagate
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ciq_runtime.db import transaction
@@ -51,6 +51,26 @@ _BACKOFF_S: Final = (0.5, 30.0)
 
 ob = generation_outbox
 
+# Built once (a reused statement keeps its SQL cache key).
+_ENQUEUE: Final = insert(ob).values(
+    {
+        **{
+            c: bindparam(f"p_{c}", type_=ob.c[c].type)
+            for c in ("operation_name", "tenant_id", "subject", "payload", "headers", "created_at")
+        },
+        "attempts": 0,
+        # The database's clock schedules the relay: replicas' clocks may differ.
+        "next_attempt_at": func.now(),
+    }
+)
+_DUE: Final = (
+    select(ob)
+    .where(ob.c.next_attempt_at <= func.now())
+    .order_by(ob.c.id)
+    .limit(_BATCH)
+    .with_for_update(skip_locked=True)
+)
+
 Publisher = Callable[[str, Message, str, dict[str, str]], Awaitable[None]]
 
 
@@ -69,17 +89,15 @@ async def enqueue(
     headers: dict[str, str] = {}
     propagate.inject(headers)
     await session.execute(
-        insert(ob).values(
-            operation_name=job.operation_name,
-            tenant_id=job.tenant_id,
-            subject=subject,
-            payload=job.SerializeToString(),
-            headers=headers,
-            attempts=0,
-            # The database's clock schedules the relay: replicas' clocks may differ.
-            next_attempt_at=func.now(),
-            created_at=now,
-        )
+        _ENQUEUE,
+        {
+            "p_operation_name": job.operation_name,
+            "p_tenant_id": job.tenant_id,
+            "p_subject": subject,
+            "p_payload": job.SerializeToString(),
+            "p_headers": headers,
+            "p_created_at": now,
+        },
     )
 
 
@@ -149,15 +167,7 @@ class Relay:
         if not self._connected():
             return 0
         async with transaction(self._sessions()) as session:
-            rows = (
-                await session.execute(
-                    select(ob)
-                    .where(ob.c.next_attempt_at <= func.now())
-                    .order_by(ob.c.id)
-                    .limit(_BATCH)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            rows = (await session.execute(_DUE)).all()
             if not rows:
                 return 0
             outcomes = await asyncio.gather(

@@ -9,9 +9,9 @@ generations of a session never both apply the same events.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,13 +26,55 @@ __all__ = ["advance", "read"]
 w = generation_watermarks
 
 
-def _key(tenant_id: str, bank_id: str, session_id: str, scope: dict[str, str]) -> Any:
-    return (
-        (w.c.tenant_id == tenant_id)
-        & (w.c.bank_id == bank_id)
-        & (w.c.session_id == session_id)
-        & (w.c.scope_key == scope_key(scope))
+def _p(column: str) -> Any:
+    return bindparam(f"p_{column}", type_=w.c[column].type)
+
+
+# Built once (a reused statement keeps its SQL cache key); parameters from _params.
+_KEY: Final = (
+    (w.c.tenant_id == _p("tenant_id"))
+    & (w.c.bank_id == _p("bank_id"))
+    & (w.c.session_id == _p("session_id"))
+    & (w.c.scope_key == _p("scope_key"))
+)
+_READ: Final = select(w).where(_KEY)
+_MOVE: Final = (
+    update(w)
+    .where(_KEY, w.c.event_id == bindparam("p_expected", type_=w.c.event_id.type))
+    .values(
+        event_id=_p("event_id"), operation_name=_p("operation_name"), updated_at=_p("updated_at")
     )
+    .returning(w.c.event_id)
+)
+_CREATE: Final = (
+    pg_insert(w)
+    .values(
+        {
+            c: _p(c)
+            for c in (
+                "tenant_id",
+                "bank_id",
+                "session_id",
+                "scope_key",
+                "scope",
+                "event_id",
+                "operation_name",
+                "updated_at",
+            )
+        }
+    )
+    .on_conflict_do_nothing()
+    .returning(w.c.event_id)
+)
+
+
+def _params(tenant_id: str, bank_id: str, session_id: str, scope: dict[str, str]) -> dict[str, Any]:
+    return {
+        "p_tenant_id": tenant_id,
+        "p_bank_id": bank_id,
+        "p_session_id": session_id,
+        "p_scope_key": scope_key(scope),
+    }
 
 
 async def read(
@@ -40,7 +82,7 @@ async def read(
 ) -> memory_job_service_pb2.GenerationWatermark:
     """The watermark; ``event_id`` empty when no generation was applied yet."""
     row = (
-        await session.execute(select(w).where(_key(tenant_id, bank_id, session_id, scope)))
+        await session.execute(_READ, _params(tenant_id, bank_id, session_id, scope))
     ).one_or_none()
     message = memory_job_service_pb2.GenerationWatermark(session_id=session_id)
     if row is not None:
@@ -67,33 +109,14 @@ async def advance(
     Raises:
         Aborted: The stored watermark is not ``expected``; the message names the current one.
     """
+    params = _params(tenant_id, bank_id, session_id, scope)
+    params.update(p_event_id=event_id, p_operation_name=operation_name, p_updated_at=now)
     if expected:
-        moved = (
-            await session.execute(
-                update(w)
-                .where(_key(tenant_id, bank_id, session_id, scope), w.c.event_id == expected)
-                .values(event_id=event_id, operation_name=operation_name, updated_at=now)
-                .returning(w.c.event_id)
-            )
-        ).one_or_none()
+        params["p_expected"] = expected
+        moved = (await session.execute(_MOVE, params)).one_or_none()
     else:
-        moved = (
-            await session.execute(
-                pg_insert(w)
-                .values(
-                    tenant_id=tenant_id,
-                    bank_id=bank_id,
-                    session_id=session_id,
-                    scope_key=scope_key(scope),
-                    scope=scope,
-                    event_id=event_id,
-                    operation_name=operation_name,
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing()
-                .returning(w.c.event_id)
-            )
-        ).one_or_none()
+        params["p_scope"] = scope
+        moved = (await session.execute(_CREATE, params)).one_or_none()
     if moved is not None:
         return
     current = await read(
