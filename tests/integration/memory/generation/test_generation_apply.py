@@ -498,6 +498,26 @@ async def test_progress_moves_forward_only_and_is_ignored_after_done(
     assert await facts_of(mem, who) == []
 
 
+async def test_a_report_after_the_apply_returns_the_finished_operation(
+    mem: MemStub, jobs: JobStub, ops: operations_pb2_grpc.OperationsStub, who: Metadata, tenant: str
+) -> None:
+    """The service keeps the row its last report wrote; an apply since then is not missed."""
+    operation = await new_operation(mem, who)
+    await report(jobs, who, tenant, operation, "extracting", attempt=1)
+    await report(jobs, who, tenant, operation, "consolidating", attempt=1, extracted_count=1)
+    applied = await jobs.ApplyGeneration(
+        apply_request(tenant, operation, action("CREATE", fact="The user plays chess.")),
+        metadata=who,
+    )
+
+    late = await report(jobs, who, tenant, operation, "applying", attempt=1)
+
+    assert late.done
+    assert unpack_metadata(late).state == "done"
+    assert unpack_response(late) == applied
+    assert late == await get_op(ops, who, operation)
+
+
 async def test_dry_run_ends_with_the_reported_plan_and_cannot_apply(
     mem: MemStub, jobs: JobStub, who: Metadata, tenant: str
 ) -> None:
