@@ -33,7 +33,8 @@ from typing import Any
 
 import grpc
 from google.longrunning import operations_pb2
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from ciq_runtime.errors import ContextIQError, FailedPrecondition, to_status
 from contextiq.extraction.v1 import jobs_pb2
@@ -327,7 +328,11 @@ class GenerateMemoriesHandler:
                 ),
             )
             return
-        await self._report(job, delivery, "applying", extracted_count=len(facts), usage=usage)
+        # "applying" travels alongside the apply instead of before it (one round trip less
+        # per job): when the apply commits first the service ignores the late report.
+        applying = asyncio.ensure_future(
+            self._report(job, delivery, "applying", extracted_count=len(facts), usage=usage)
+        )
         apply = memory_job_service_pb2.ApplyGenerationRequest(
             operation_name=job.operation_name,
             tenant_id=job.tenant_id,
@@ -346,9 +351,16 @@ class GenerateMemoriesHandler:
                 apply, metadata=self._md(job, delivery), timeout=self._clients.timeout_s
             )
         except grpc.aio.AioRpcError as exc:
+            answer = await _failure_of(applying)
+            if isinstance(answer, _OperationOver) or _reason(exc) in _OVER_REASONS:
+                raise _OperationOver from None  # cancelled or finished meanwhile
             if exc.code() == grpc.StatusCode.ABORTED and source.watermark:
                 raise _WatermarkMoved from None
             raise
+        # Applied: the operation is done, so whatever the late report says changes nothing.
+        late = await _failure_of(applying)
+        if late is not None and not isinstance(late, _OperationOver):
+            log.debug("the 'applying' report of %s failed: %s", job.operation_name, late)
 
     async def _bank(
         self, job: jobs_pb2.GenerateMemoriesJob, delivery: Delivery
@@ -495,6 +507,30 @@ class GenerateMemoriesHandler:
         self, job: jobs_pb2.GenerateMemoriesJob, delivery: Delivery
     ) -> tuple[tuple[str, str], ...]:
         return self._clients.metadata(job.tenant_id, delivery.headers)
+
+
+#: ApplyGeneration's ErrorInfo reasons for an operation that ended before the apply.
+_OVER_REASONS = frozenset({"OPERATION_CANCELLED", "OPERATION_FINISHED"})
+
+
+async def _failure_of(call: Awaitable[Any]) -> Exception | None:
+    """Await ``call``; its exception (returned, not raised), or None when it succeeded."""
+    try:
+        await call
+    except Exception as exc:  # noqa: BLE001 - the caller decides what a failure means
+        return exc
+    return None
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call, or ""."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
 
 
 async def _together(*calls: Awaitable[Any]) -> list[Any]:
