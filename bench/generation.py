@@ -9,15 +9,17 @@ conversation, consolidation keeps new facts (CREATE) and marks repeats NOOP.
 
 1. ``--sessions`` sessions (100) of 6 events each are created; 8 generations on 4 other sessions
    warm the services up (the first jobs load LiteLLM and the embedding model).
-2. ``--requests`` GenerateMemories requests (500, spread round-robin over the sessions, source
-   = the whole session) are sent open-loop at ``--rate`` requests/s (40). Each operation's
-   ``completed_at`` (server clock, same machine) minus the moment its request was sent gives
-   request→done; throughput is operations done / (last done - first sent).
-3. The pipeline's own overhead: ``--overhead-jobs`` (30) generations run one at a time with an
+2. Capacity: ``--requests`` GenerateMemories requests (500, spread round-robin over the
+   sessions, source = the whole session) are sent at once (32 requests in flight); throughput
+   is operations done / (last done - first sent).
+3. Latency: another ``--requests`` requests are sent open-loop at ``--rate`` requests/s (25, the
+   target throughput). Each operation's ``completed_at`` (server clock, same machine) minus the
+   moment its request was sent gives request→done: p50 and p95.
+4. The pipeline's own overhead: ``--overhead-jobs`` (30) generations run one at a time with an
    instant LLM; request→done of those is everything but LLM wait (the LiteLLM client and the
    HTTP exchange with the scripted server are counted as overhead, not as LLM wait).
 
-Run: ``python -m bench.generation [--requests 500] [--rate 40] [--concurrency N]`` (or
+Run: ``python -m bench.generation [--requests 500] [--rate 25] [--concurrency N]`` (or
 ``make bench BENCH=generation``).
 """
 
@@ -278,9 +280,10 @@ class Bench:
             return ids
 
     async def generate(
-        self, session_ids: list[str], requests: int, rate: float, sequential: bool
+        self, session_ids: list[str], requests: int, rate: float | None, sequential: bool
     ) -> list[tuple[float, operations_pb2.Operation]]:
-        """Send the requests (open loop at ``rate``, or one at a time) and wait for all."""
+        """Send the requests (open loop at ``rate``, all at once when None, or one at a time)
+        and wait for all."""
         target = f"127.0.0.1:{self.ports['memory']}"
         async with grpc.aio.insecure_channel(target) as channel:
             memory = memory_service_pb2_grpc.MemoryServiceStub(channel)
@@ -311,6 +314,14 @@ class Bench:
                 for i in range(requests):
                     await send(i)
                     await wait(sent[-1][1])
+            elif rate is None:
+                in_flight = asyncio.Semaphore(32)
+
+                async def bounded(i: int) -> None:
+                    async with in_flight:
+                        await send(i)
+
+                await asyncio.gather(*(bounded(i) for i in range(requests)))
             else:
                 tasks = []
                 started = time.perf_counter()
@@ -364,9 +375,11 @@ async def _run(args: argparse.Namespace) -> None:
         await bench.generate(warm_ids, 8, args.rate, sequential=False)
         script.calls = {"extract": 0, "consolidate": 0}
 
-        loaded = _summary(await bench.generate(session_ids, args.requests, args.rate, False))
+        burst = _summary(await bench.generate(session_ids, args.requests, None, False))
+        script.calls = {"extract": 0, "consolidate": 0}
+        paced = _summary(await bench.generate(session_ids, args.requests, args.rate, False))
         llm_calls = sum(script.calls.values())
-        llm_wait = llm_calls * args.llm_delay / max(1, loaded["count"])
+        llm_wait = llm_calls * args.llm_delay / max(1, paced["count"])
         script.calls = {"extract": 0, "consolidate": 0}
         script.delay_s = 0.0
         quiet = _summary(
@@ -374,20 +387,23 @@ async def _run(args: argparse.Namespace) -> None:
         )
 
         print()
-        print(f"{'generate, LLM answering after':<36}{args.llm_delay * 1000:>8.0f} ms")
+        print(f"{'generate, LLM answering after':<40}{args.llm_delay * 1000:>8.0f} ms")
         print(
-            f"{'requests':<36}{loaded['count']:>8}  over {len(session_ids)} sessions, "
-            f"sent at {args.rate:g}/s, failed {loaded['failed']}"
+            f"{'capacity: requests sent at once':<40}{burst['count']:>8}  over "
+            f"{len(session_ids)} sessions, failed {burst['failed']}"
         )
-        print(f"{'request→done p50 / p95 (s)':<36}{loaded['p50']:>8.3f}{loaded['p95']:>8.3f}")
-        print(f"{'throughput (jobs/s)':<36}{loaded['throughput']:>8.1f}")
-        print(f"{'LLM calls per job':<36}{llm_calls / max(1, loaded['count']):>8.2f}")
+        print(f"{'  throughput (jobs/s)':<40}{burst['throughput']:>8.1f}")
         print(
-            f"{'mean request→done - LLM wait (ms)':<36}"
-            f"{(loaded['mean'] - llm_wait) * 1000:>8.1f}  (under load)"
+            f"{'latency: requests sent at':<40}{args.rate:>8g}/s  ({paced['count']} requests, "
+            f"failed {paced['failed']}, throughput {paced['throughput']:.1f} jobs/s)"
+        )
+        print(f"{'  request→done p50 / p95 (s)':<40}{paced['p50']:>8.3f}{paced['p95']:>8.3f}")
+        print(f"{'  LLM calls per job':<40}{llm_calls / max(1, paced['count']):>8.2f}")
+        print(
+            f"{'  mean request→done - LLM wait (ms)':<40}{(paced['mean'] - llm_wait) * 1000:>8.1f}"
         )
         print(
-            f"{'pipeline overhead per job p50/p95 (ms)':<36}"
+            f"{'overhead per job p50 / p95 (ms)':<40}"
             f"{quiet['p50'] * 1000:>8.1f}{quiet['p95'] * 1000:>8.1f}"
             f"  ({quiet['count']} jobs one at a time, instant LLM, failed {quiet['failed']})"
         )
@@ -405,7 +421,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--sessions", type=int, default=100)
-    parser.add_argument("--rate", type=float, default=40.0, help="requests sent per second")
+    parser.add_argument("--rate", type=float, default=25.0, help="requests/s of the latency phase")
     parser.add_argument("--llm-delay", type=float, default=0.3)
     parser.add_argument("--overhead-jobs", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=0, help="worker concurrency")
