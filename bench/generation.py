@@ -16,8 +16,10 @@ conversation, consolidation keeps new facts (CREATE) and marks repeats NOOP.
    target throughput). Each operation's ``completed_at`` (server clock, same machine) minus the
    moment its request was sent gives request→done: p50 and p95.
 4. The pipeline's own overhead: ``--overhead-jobs`` (30) generations run one at a time with an
-   instant LLM; request→done of those is everything but LLM wait (the LiteLLM client and the
-   HTTP exchange with the scripted server are counted as overhead, not as LLM wait).
+   instant LLM. Their request→done counts the LiteLLM client and the HTTP exchange with the
+   scripted server as overhead; the worker's own measure of time spent inside model calls
+   (``contextiq_llm_request_duration_seconds`` on its /metrics) is printed too, and subtracted
+   for the overhead net of model calls.
 
 Run: ``python -m bench.generation [--requests 500] [--rate 25] [--concurrency N]`` (or
 ``make bench BENCH=generation``).
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -196,6 +199,18 @@ class Bench:
         self.ports = {service: free_port() for service in SERVICES}
         self.metadata = (("authorization", f"Bearer {_token()}"),)
         self.users = 0
+        self.worker_metrics_port = free_port()
+
+    async def llm_seconds(self) -> float:
+        """Seconds the worker has spent inside model calls (LiteLLM included), from /metrics."""
+        async with httpx.AsyncClient() as client:
+            page = await client.get(f"http://127.0.0.1:{self.worker_metrics_port}/metrics")
+        page.raise_for_status()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in page.text.splitlines()
+            if line.startswith("contextiq_llm_request_duration_seconds_sum")
+        )
 
     async def start(self, llm: ScriptedLLM) -> None:
         """Start Postgres, NATS and the three services."""
@@ -228,6 +243,8 @@ class Bench:
                 "CONTEXTIQ_GRPC_PORT": str(self.ports[service]),
                 "CONTEXTIQ_DATA_DIR": str(self.tmp / service),
             }
+            if service == "extraction":
+                env["CONTEXTIQ_METRICS_PORT"] = str(self.worker_metrics_port)
             self.procs.append(_spawn(service, env, self.tmp))
             # Each service migrates its own schema at start; one at a time keeps it simple.
             await _wait_serving(f"127.0.0.1:{self.ports[service]}", service)
@@ -382,9 +399,11 @@ async def _run(args: argparse.Namespace) -> None:
         llm_wait = llm_calls * args.llm_delay / max(1, paced["count"])
         script.calls = {"extract": 0, "consolidate": 0}
         script.delay_s = 0.0
+        llm_before = await bench.llm_seconds()
         quiet = _summary(
             await bench.generate(session_ids, args.overhead_jobs, args.rate, sequential=True)
         )
+        in_llm = (await bench.llm_seconds() - llm_before) / max(1, quiet["count"])
 
         print()
         print(f"{'generate, LLM answering after':<40}{args.llm_delay * 1000:>8.0f} ms")
@@ -406,6 +425,13 @@ async def _run(args: argparse.Namespace) -> None:
             f"{'overhead per job p50 / p95 (ms)':<40}"
             f"{quiet['p50'] * 1000:>8.1f}{quiet['p95'] * 1000:>8.1f}"
             f"  ({quiet['count']} jobs one at a time, instant LLM, failed {quiet['failed']})"
+        )
+        print(
+            f"{'  of which inside model calls (ms/job)':<40}{in_llm * 1000:>8.1f}"
+            f"  (LiteLLM + HTTP to the instant scripted server)"
+        )
+        print(
+            f"{'  overhead net of model calls (ms, mean)':<40}{(quiet['mean'] - in_llm) * 1000:>8.1f}"
         )
         print(
             "targets: p95 ≤ 2 s, throughput ≥ 25 jobs/s, overhead ≤ 30 ms "
