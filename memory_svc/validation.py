@@ -25,8 +25,10 @@ from memory_svc.scopes import validate_scope
 __all__ = [
     "MAX_FACT_CHARS",
     "NewMemory",
+    "parse_id",
     "parse_memory_id",
     "validate_create",
+    "validate_request_id",
     "validate_top_k",
     "validate_update",
 ]
@@ -69,8 +71,8 @@ class MemoryChanges:
     source_session_id: str | None = None
 
 
-def parse_memory_id(value: str, *, field: str = "id") -> uuid.UUID:
-    """A memory id; anything that is not a UUID cannot exist, so it is NOT_FOUND.
+def parse_id(value: str, *, what: str, field: str = "id") -> uuid.UUID:
+    """An object id; anything that is not a UUID cannot exist, so it is NOT_FOUND.
 
     Raises:
         InvalidArgument: The id is empty.
@@ -81,7 +83,21 @@ def parse_memory_id(value: str, *, field: str = "id") -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise NotFound(f"memory {value!r} not found") from None
+        raise NotFound(f"{what} {value!r} not found") from None
+
+
+def parse_memory_id(value: str, *, field: str = "id") -> uuid.UUID:
+    """A memory id (see :func:`parse_id`)."""
+    return parse_id(value, what="memory", field=field)
+
+
+def validate_request_id(value: str) -> str | None:
+    """An idempotency key of bounded length, None when absent."""
+    if len(value) > _MAX_REQUEST_ID:
+        raise InvalidArgument(
+            f"request_id is limited to {_MAX_REQUEST_ID} characters", field="request_id"
+        )
+    return value or None
 
 
 def validate_fact(fact: str, *, field: str) -> str:
@@ -165,10 +181,7 @@ def validate_create(
     expires_at = _expiration(request, now=now, prefix="")
     if expires_at is None and bank.create_ttl is not None:
         expires_at = now + bank.create_ttl
-    if len(request.request_id) > _MAX_REQUEST_ID:
-        raise InvalidArgument(
-            f"request_id is limited to {_MAX_REQUEST_ID} characters", field="request_id"
-        )
+    request_id = validate_request_id(request.request_id)
     return NewMemory(
         scope=scope,
         fact=fact,
@@ -178,7 +191,7 @@ def validate_create(
         expires_at=expires_at,
         source_session_id=request.source_session_id,
         source_event_ids=_event_ids(request.source_event_ids, field="source_event_ids"),
-        request_id=request.request_id or None,
+        request_id=request_id,
     )
 
 

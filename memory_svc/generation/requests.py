@@ -26,7 +26,6 @@ from memory_svc.scopes import validate_scope
 __all__ = ["SOURCE_TYPES", "SessionLookup", "model_of", "validate_generate"]
 
 SOURCE_TYPES: Final = ("session", "events", "facts")
-_MAX_REQUEST_ID: Final = 128
 _MAX_EVENTS: Final = 10_000
 _MAX_FACTS: Final = 1_000
 #: Caller metadata forwarded to SessionService: the credential, nothing else.
@@ -128,10 +127,7 @@ def validate_generate(
             'config.only_unprocessed applies to a session source (source_type "session")',
             field="config.only_unprocessed",
         )
-    if len(request.request_id) > _MAX_REQUEST_ID:
-        raise InvalidArgument(
-            f"request_id is limited to {_MAX_REQUEST_ID} characters", field="request_id"
-        )
+    validation.validate_request_id(request.request_id)
     if request.scope:
         validate_scope(request.scope, allowed_keys=bank.scope_keys)
     elif source != "session":

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from google.protobuf import json_format, struct_pb2
 
-from ciq_runtime.errors import InvalidArgument, NotFound
+from ciq_runtime.errors import InvalidArgument
 from contextiq.procedural.v1 import procedural_pb2
 from memory_svc.scopes import validate_scope
+from memory_svc.validation import parse_id, validate_request_id
 
 __all__ = [
     "KINDS",
@@ -45,7 +45,6 @@ MAX_STEP_TEXT: Final = 4_000
 MAX_LEARNING_POINTS: Final = 100
 MAX_AGENT_ID: Final = 256
 _MAX_JSON_BYTES: Final = 16_384
-_MAX_REQUEST_ID: Final = 128
 
 WORKFLOW_UPDATABLE: Final = frozenset(
     {"name", "description", "steps", "success_metrics", "metadata", "agent_id"}
@@ -55,30 +54,6 @@ SKILL_UPDATABLE: Final = frozenset(
 )
 #: Skill fields whose change makes a new version.
 SKILL_CONTENT: Final = frozenset({"name", "description", "skill_type", "implementation"})
-
-
-def parse_id(value: str, *, what: str, field: str = "id") -> uuid.UUID:
-    """An object id; anything that is not a UUID cannot exist, so it is NOT_FOUND.
-
-    Raises:
-        InvalidArgument: The id is empty.
-        NotFound: The id is not a UUID.
-    """
-    if not value:
-        raise InvalidArgument(f"{field} is required", field=field)
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise NotFound(f"{what} {value!r} not found") from None
-
-
-def validate_request_id(value: str) -> str | None:
-    """An idempotency key of bounded length, None when absent."""
-    if len(value) > _MAX_REQUEST_ID:
-        raise InvalidArgument(
-            f"request_id is limited to {_MAX_REQUEST_ID} characters", field="request_id"
-        )
-    return value or None
 
 
 def validate_optional_scope(scope: Mapping[str, str], *, field: str) -> dict[str, str]:
