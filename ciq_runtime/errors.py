@@ -19,6 +19,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 __all__ = [
     "ERROR_DOMAIN",
@@ -39,6 +40,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "Unknown",
+    "reason_of",
     "to_status",
 ]
 
@@ -248,3 +250,13 @@ def to_status(exc: ContextIQError) -> status_pb2.Status:
         delay.FromNanoseconds(round(max(exc.retry_after_s, 0.0) * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status_pb2.Status(code=exc.code.value[0], message=exc.message, details=details)
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The ``ErrorInfo.reason`` a failed call carries (see :func:`to_status`), or ""."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""

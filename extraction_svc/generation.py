@@ -33,10 +33,9 @@ from typing import Any
 
 import grpc
 from google.longrunning import operations_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.rpc import code_pb2, status_pb2
 
-from ciq_runtime.errors import ContextIQError, FailedPrecondition, to_status
+from ciq_runtime.errors import ContextIQError, FailedPrecondition, reason_of, to_status
 from contextiq.extraction.v1 import jobs_pb2
 from contextiq.memory.v1 import (
     generation_pb2,
@@ -352,7 +351,7 @@ class GenerateMemoriesHandler:
             )
         except grpc.aio.AioRpcError as exc:
             answer = await _failure_of(applying)
-            if isinstance(answer, _OperationOver) or _reason(exc) in _OVER_REASONS:
+            if isinstance(answer, _OperationOver) or reason_of(exc) in _OVER_REASONS:
                 raise _OperationOver from None  # cancelled or finished meanwhile
             if exc.code() == grpc.StatusCode.ABORTED and source.watermark:
                 raise _WatermarkMoved from None
@@ -520,17 +519,6 @@ async def _failure_of(call: Awaitable[Any]) -> Exception | None:
     except Exception as exc:  # noqa: BLE001 - the caller decides what a failure means
         return exc
     return None
-
-
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    """The ErrorInfo reason of a failed call, or ""."""
-    status = rpc_status.from_call(error)
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return ""
 
 
 async def _together(*calls: Awaitable[Any]) -> list[Any]:

@@ -110,3 +110,16 @@ def test_reason_must_be_upper_snake(reason: str) -> None:
 
 def test_str_is_the_message() -> None:
     assert str(NotFound("gone")) == "gone"
+
+
+def test_reason_of_reads_the_error_info_a_status_carries() -> None:
+    status = errors.to_status(errors.FailedPrecondition("over", reason="OPERATION_FINISHED"))
+    trailing = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+    failed = grpc.aio.AioRpcError(
+        grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), trailing, details="over"
+    )
+    assert errors.reason_of(failed) == "OPERATION_FINISHED"
+    bare = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata()
+    )
+    assert errors.reason_of(bare) == ""
