@@ -48,7 +48,6 @@ __all__ = [
     "MAX_LABEL_VALUES",
     "OTHER",
     "REGISTRY",
-    "TENANT_COUNT_QUERIES",
     "TOP_TENANTS",
     "MetricsServer",
     "ProcessMetrics",
@@ -433,34 +432,19 @@ class TenantCountQuery:
     resource: str
     sql: str
 
+    @classmethod
+    def of_table(cls, resource: str, table: str, live: str) -> TenantCountQuery:
+        """Count the rows of ``table`` (schema-qualified) matching the SQL condition ``live``.
 
-def _top_tenants_sql(table: str, live: str) -> str:
-    # One pass over the tenant index; runs every refresh interval, never per request.
-    return (
-        f"WITH counts AS (SELECT tenant_id, count(*) AS n FROM {table} WHERE {live} "  # noqa: S608
-        "GROUP BY tenant_id) SELECT tenant_id, n, sum(n) OVER () AS total FROM counts "
-        "ORDER BY n DESC, tenant_id LIMIT :top"
-    )
-
-
-#: The per-tenant counts each service process reports (by service name).
-TENANT_COUNT_QUERIES: Final[Mapping[str, tuple[TenantCountQuery, ...]]] = {
-    "sessions": (
-        TenantCountQuery(
-            "sessions",
-            _top_tenants_sql("sessions.sessions", "expires_at IS NULL OR expires_at > now()"),
-        ),
-    ),
-    "memory": (
-        TenantCountQuery(
-            "memories",
-            _top_tenants_sql(
-                "memory.memories",
-                "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
-            ),
-        ),
-    ),
-}
+        The service owning the table declares it (``Component.tenant_counts``).
+        """
+        # One pass over the tenant index; runs every refresh interval, never per request.
+        return cls(
+            resource,
+            f"WITH counts AS (SELECT tenant_id, count(*) AS n FROM {table} WHERE {live} "  # noqa: S608
+            "GROUP BY tenant_id) SELECT tenant_id, n, sum(n) OVER () AS total FROM counts "
+            "ORDER BY n DESC, tenant_id LIMIT :top",
+        )
 
 
 class TenantCountRefresher:
@@ -543,16 +527,16 @@ class ProcessMetrics:
         cls,
         settings: Settings,
         *,
-        services: Sequence[str],
+        tenant_counts: Sequence[TenantCountQuery],
         port: int | None,
         refresh_interval_s: float = 60.0,
     ) -> ProcessMetrics:
-        """Serve ``/metrics`` on ``port`` and start the per-tenant counts of ``services``.
+        """Serve ``/metrics`` on ``port`` and start refreshing ``tenant_counts``.
 
         Args:
             settings: Process settings (``database_url``, ``grpc_host`` as the interface).
-            services: Service names whose :data:`TENANT_COUNT_QUERIES` to run (``sessions``,
-                ``memory``); the counts need ``database_url``.
+            tenant_counts: The per-tenant counts of the process's components
+                (``Component.tenant_counts``); they need ``database_url``.
             port: Port of the HTTP endpoint (0: a free one); None: no endpoint of its own (the
                 one-process stack serves the registry on the gateway's ``/metrics``).
             refresh_interval_s: Pause between two refreshes of the per-tenant counts.
@@ -560,7 +544,7 @@ class ProcessMetrics:
         Returns:
             The running parts; :meth:`stop` them on shutdown.
         """
-        queries = [q for name in services for q in TENANT_COUNT_QUERIES.get(name, ())]
+        queries = list(tenant_counts)
         engine = refresher = None
         if queries and settings.database_url:
             from ciq_runtime.db import create_engine

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from ciq_runtime.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from ciq_runtime.health import DependencyChecks, HealthCheck, HealthReporter
 from ciq_runtime.interceptors import ErrorInterceptor, LoggingInterceptor, TracingInterceptor
+from ciq_runtime.metrics import TenantCountQuery
 
 __all__ = [
     "Component",
@@ -65,6 +66,7 @@ class Component:
             ``on_start`` completed.
         health_checks: Dependency name ("postgres", "nats") to a check that raises when the
             dependency does not work; the server reports each name through the Health service.
+        tenant_counts: Per-tenant counts of the tables it owns, for the process's metrics.
     """
 
     name: str
@@ -72,6 +74,7 @@ class Component:
     on_start: Callable[[], Awaitable[None]] | None = None
     on_stop: Callable[[], Awaitable[None]] | None = None
     health_checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    tenant_counts: Sequence[TenantCountQuery] = ()
 
 
 class ServerStartError(RuntimeError):

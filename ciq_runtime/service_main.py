@@ -92,7 +92,9 @@ def run_service(*, service_name: str, build: Callable[[Settings], ProcessParts])
             log.info("serving %s on %s:%d", service_name, settings.grpc_host, port)
             if settings.metrics_port:
                 process_metrics = await ProcessMetrics.start(
-                    settings, services=[service_name], port=settings.metrics_port
+                    settings,
+                    tenant_counts=[q for c in parts.components for q in c.tenant_counts],
+                    port=settings.metrics_port,
                 )
             await stop.wait()
         finally:

@@ -202,7 +202,9 @@ async def _run(settings: Settings, stop: asyncio.Event) -> None:
         # One process, one scrape target: the gateway's /metrics also serves the services' and
         # the worker's registry; CONTEXTIQ_METRICS_PORT adds a separate endpoint if set.
         process_metrics = await ProcessMetrics.start(
-            settings, services=["sessions", "memory"], port=settings.metrics_port or None
+            settings,
+            tenant_counts=[q for c in components for q in c.tenant_counts],
+            port=settings.metrics_port or None,
         )
         stack.push_async_callback(process_metrics.stop)
 

@@ -14,6 +14,7 @@ from typing import Any
 from google.longrunning import operations_pb2_grpc
 
 from ciq_runtime.component_kit import PostgresResource, service_spec
+from ciq_runtime.metrics import TenantCountQuery
 from ciq_runtime.server import Component
 from ciq_runtime.settings import Settings
 from contextiq.memory.v1 import memory_job_service_pb2_grpc, memory_service_pb2_grpc
@@ -256,6 +257,13 @@ def build_memory(
         on_start=on_start,
         on_stop=on_stop,
         health_checks={"postgres": db.ping, **generation_health},
+        tenant_counts=(
+            TenantCountQuery.of_table(
+                "memories",
+                "memory.memories",
+                "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
+            ),
+        ),
     )
     return parts
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ciq_runtime.component_kit import PostgresResource, service_spec
+from ciq_runtime.metrics import TenantCountQuery
 from ciq_runtime.server import Component
 from ciq_runtime.settings import Settings
 from contextiq.sessions.v1 import session_service_pb2_grpc
@@ -165,4 +166,9 @@ def build_component(
         on_start=backend.start,
         on_stop=backend.stop,
         health_checks={"postgres": backend.db.ping},
+        tenant_counts=(
+            TenantCountQuery.of_table(
+                "sessions", "sessions.sessions", "expires_at IS NULL OR expires_at > now()"
+            ),
+        ),
     )

@@ -45,7 +45,7 @@ async def pipeline(pg_url: str, pg_dsn: str, nats: EmbeddedNats) -> AsyncIterato
 async def endpoint() -> AsyncIterator[str]:
     """The worker process's /metrics (the registry is per process)."""
     running = await ProcessMetrics.start(
-        Settings.from_env({}, service_name="extraction"), services=[], port=0
+        Settings.from_env({}, service_name="extraction"), tenant_counts=(), port=0
     )
     assert running.server is not None
     try:

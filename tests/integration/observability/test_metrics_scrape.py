@@ -78,7 +78,10 @@ async def process(own_db: str, nats_url: str) -> AsyncIterator[Process]:
     )
     port = await server.start()
     process_metrics = await ProcessMetrics.start(
-        settings, services=["sessions", "memory"], port=0, refresh_interval_s=3600.0
+        settings,
+        tenant_counts=[q for c in components for q in c.tenant_counts],
+        port=0,
+        refresh_interval_s=3600.0,
     )
     try:
         yield Process(f"127.0.0.1:{port}", process_metrics, settings)
@@ -176,7 +179,8 @@ async def test_tenants_past_the_top_n_are_summed_as_other(process: Process) -> N
 
     engine = create_engine(process.settings, pool_size=1, max_overflow=0)
     try:
-        refresher = TenantCountRefresher(engine, metrics.TENANT_COUNT_QUERIES["sessions"], top=2)
+        sessions_counts = build_sessions(process.settings).tenant_counts
+        refresher = TenantCountRefresher(engine, sessions_counts, top=2)
         await refresher.refresh_once()
     finally:
         await engine.dispose()
