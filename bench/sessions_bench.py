@@ -87,6 +87,63 @@ def _serve(database_url: str) -> None:
     asyncio.run(run_until_signal(main))
 
 
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds spent by the whole machine (all processes, every core) so far."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by the server, this client, Postgres and the whole machine."""
+
+    def __init__(self, server_pid: int, postgres_pid: int | None) -> None:
+        self._server = server_pid
+        self._postgres = postgres_pid
+        self._start = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        postgres = 0.0
+        if self._postgres is not None:
+            pids = [self._postgres, *_children(self._postgres)]
+            postgres = sum(_proc_cpu_s(p) for p in pids)
+        return {
+            "server": _proc_cpu_s(self._server),
+            "client": _proc_cpu_s(os.getpid()),
+            "postgres": postgres,
+            "machine": _machine_busy_s(),
+        }
+
+    def used(self) -> dict[str, float]:
+        """CPU seconds of each since the meter was made."""
+        end = self._sample()
+        return {name: end[name] - self._start[name] for name in end}
+
+
 def _start_server(database_url: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.sessions_bench", "--serve", database_url],
@@ -137,7 +194,9 @@ def _pct(samples: list[float]) -> tuple[float, float]:
     return cuts[49] * 1000, cuts[94] * 1000
 
 
-async def _drive(port: int, args: argparse.Namespace) -> dict[str, Any]:
+async def _drive(
+    port: int, args: argparse.Namespace, *, server_pid: int, postgres_pid: int | None
+) -> dict[str, Any]:
     metadata = (("authorization", f"Bearer {_token()}"),)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = session_service_pb2_grpc.SessionServiceStub(channel)
@@ -179,10 +238,12 @@ async def _drive(port: int, args: argparse.Namespace) -> dict[str, Any]:
         stop_at = time.perf_counter() + args.warmup
         await asyncio.gather(*(client(c) for c in range(args.clients)))
         measuring = True
+        meter = CpuMeter(server_pid, postgres_pid)
         started = time.perf_counter()
         stop_at = started + args.seconds
         await asyncio.gather(*(client(c) for c in range(args.clients)))
         elapsed = time.perf_counter() - started
+        cpu = meter.used()
         p50, p95 = _pct(latencies)
 
         big = await stub.CreateSession(
@@ -219,6 +280,7 @@ async def _drive(port: int, args: argparse.Namespace) -> dict[str, Any]:
         "append_p50_ms": p50,
         "append_p95_ms": p95,
         "errors": errors,
+        "cpu_s": cpu,
         "fill_rate": args.big_events / fill_s,
         "get_p50_ms": get_p50,
         "get_p95_ms": get_p95,
@@ -289,6 +351,17 @@ def _report(ciq: dict[str, Any], adk: dict[str, Any] | None, args: argparse.Name
         + (f", ADK {adk['errors']}" if adk is not None else "")
         + f"; filling the big session: {ciq['fill_rate']:.0f} appends/s to one session"
     )
+    cpu = ciq["cpu_s"]
+    per_append = {name: 1000 * seconds / ciq["appends"] for name, seconds in cpu.items()}
+    others = cpu["machine"] - cpu["server"] - cpu["client"] - cpu["postgres"]
+    busy = 100 * cpu["machine"] / ciq["elapsed_s"]
+    print(
+        "CPU per append (ms): "
+        + ", ".join(f"{name} {per_append[name]:.3f}" for name in ("server", "client", "postgres"))
+        + f"; whole machine {per_append['machine']:.3f} (busy {busy:.0f}% of {100 * cores}%, "
+        f"{100 * others / ciq['elapsed_s']:.0f}% outside the three: kernel threads, interrupts "
+        "and any other work on the machine)"
+    )
     target_ok = rate >= 1500 and ciq["append_p95_ms"] <= 25 and ciq["get_p95_ms"] <= 15
     print(
         "targets (>= 1500 appends/s, append p95 <= 25 ms, get p95 <= 15 ms): "
@@ -322,7 +395,7 @@ def main() -> None:
         handle = postgres.start_sync(timeout=60.0)
         server, port = _start_server(handle.url)
         try:
-            ciq = asyncio.run(_drive(port, args))
+            ciq = asyncio.run(_drive(port, args, server_pid=server.pid, postgres_pid=postgres.pid))
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)

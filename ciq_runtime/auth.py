@@ -31,7 +31,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -378,15 +378,30 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         self._limiter = limiter
         self._disabled = disabled
 
+    def guards(self, method: str) -> bool:
+        """Every method but those of the exempt services (health, reflection) is checked."""
+        return method.lstrip("/").partition("/")[0] not in EXEMPT_SERVICES
+
+    async def enter(
+        self, method: str, metadata: Sequence[tuple[str, str | bytes]]
+    ) -> AbstractContextManager[object]:
+        """Authorise one call (:meth:`authorize`); the context binding its principal.
+
+        This is how :class:`~ciq_runtime.interceptors.RpcInterceptor` runs the checks
+        (``default_interceptors(auth)``), as a :class:`~ciq_runtime.interceptors.CallGuard`.
+        """
+        principal = await self.authorize(method, metadata)
+        return nullcontext() if principal is None else bind_principal(principal)
+
     async def intercept_service(
         self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        """Wrap the handler of every non-exempt method in the auth scope."""
+        """Wrap the handler of every non-exempt method in the auth scope (used standalone)."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method: str = handler_call_details.method
-        if method.lstrip("/").partition("/")[0] in EXEMPT_SERVICES:
+        if not self.guards(method):
             return handler
         metadata = handler_call_details.invocation_metadata or ()
         return wrap_rpc_handler(handler, lambda _context: self._scope(method, metadata))
@@ -395,11 +410,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
     async def _scope(
         self, method: str, metadata: Sequence[tuple[str, str | bytes]]
     ) -> AsyncIterator[None]:
-        principal = await self.authorize(method, metadata)
-        if principal is None:
-            yield
-            return
-        with bind_principal(principal):
+        with await self.enter(method, metadata):
             yield
 
     async def authorize(

@@ -1,6 +1,6 @@
 """Domain exceptions and their ``google.rpc.Status`` form.
 
-Handlers raise these; :class:`ciq_runtime.interceptors.ErrorInterceptor` turns them into a
+Handlers raise these; :class:`ciq_runtime.interceptors.RpcInterceptor` turns them into a
 gRPC status whose details carry ``google.rpc.ErrorInfo`` (plus ``BadRequest`` for a bad field
 and ``RetryInfo`` when the client should back off). Handlers never call ``context.abort``.
 """

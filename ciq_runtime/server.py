@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ciq_runtime.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from ciq_runtime.health import DependencyChecks, HealthCheck, HealthReporter
-from ciq_runtime.interceptors import ErrorInterceptor, LoggingInterceptor, TracingInterceptor
+from ciq_runtime.interceptors import CallGuard, RpcInterceptor
 from ciq_runtime.metrics import TenantCountQuery
 
 __all__ = [
@@ -86,23 +86,32 @@ class PortInUseError(ServerStartError):
 
 
 def default_interceptors(
-    *extra: grpc.aio.ServerInterceptor,
+    *extra: grpc.aio.ServerInterceptor | CallGuard,
 ) -> list[grpc.aio.ServerInterceptor]:
     """Return the interceptor chain every ContextIQ server uses, outermost first.
 
-    1. :class:`TracingInterceptor`: continues the caller's trace (``traceparent``) in
-       a SERVER span, so everything below (log lines included) runs inside it.
-    2. :class:`LoggingInterceptor`: logs and counts (metrics) the final status code.
-    3. :class:`ErrorInterceptor`: maps exceptions to statuses for everything inside it.
-    4. ``extra`` (auth, ...), innermost: their ``ContextIQError`` s are mapped too.
+    One :class:`RpcInterceptor` does, outermost first: the SERVER span continuing the
+    caller's trace (``traceparent``), so everything below (log lines included) runs inside
+    it; the log line and metrics of the final status code; the mapping of exceptions to
+    statuses; then ``extra``, innermost, so their ``ContextIQError`` s are mapped too.
 
     Args:
-        *extra: Interceptors to run inside the error translation, in order.
+        *extra: Call guards (the auth interceptor) and interceptors to run inside the error
+            translation, in order. Leading guards run inside the :class:`RpcInterceptor`
+            itself; from the first plain interceptor on, they follow it in the chain.
 
     Returns:
         A new list to pass as ``GrpcServer(interceptors=...)``.
     """
-    return [TracingInterceptor(), LoggingInterceptor(), ErrorInterceptor(), *extra]
+    # The leading guards run inside the RpcInterceptor; whatever follows the first plain
+    # interceptor stays in the chain, in order (AuthInterceptor is both).
+    guards: list[CallGuard] = []
+    for item in extra:
+        if not isinstance(item, CallGuard):
+            break
+        guards.append(item)
+    rest = list(extra[len(guards) :])
+    return [RpcInterceptor(guards=guards, cache_handlers=not rest), *rest]
 
 
 class GrpcServer:

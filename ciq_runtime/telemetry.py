@@ -8,7 +8,7 @@ context still travels to other processes, but nothing is kept or leaves the proc
 
 Propagation:
 
-* gRPC: :class:`ciq_runtime.interceptors.TracingInterceptor` (outermost interceptor of every
+* gRPC: :class:`ciq_runtime.interceptors.RpcInterceptor` (the interceptor of every
   server, see :func:`ciq_runtime.server.default_interceptors`) continues the caller's trace;
   :func:`client_interceptors` / :func:`open_channel` start a CLIENT span and send the W3C
   ``traceparent`` on every call between services.
