@@ -397,21 +397,22 @@ class GenerateMemoriesHandler:
         ranged = request.HasField("start_time") or request.HasField("end_time")
         only_new = request.config.only_unprocessed
         expected = ""
-        if only_new or not ranged:
-            mark = await self._clients.memory.GetGenerationWatermark(
-                memory_job_service_pb2.GetGenerationWatermarkRequest(
-                    tenant_id=job.tenant_id,
-                    bank_id=request.bank_id,
-                    session_id=request.source_reference,
-                    scope=request.scope,
-                ),
-                metadata=self._md(job, delivery),
-                timeout=self._clients.timeout_s,
+        if only_new:
+            # The events to read start after the watermark: one read after the other.
+            expected = await self._watermark(job, delivery)
+            events = await self._events(job, delivery, after_event_id=expected, request=request)
+        elif not ranged:
+            # The whole session: both reads at once. The watermark may only move forward, so
+            # the events must reach it; if another job moved it past the events read (they were
+            # read first), read them again.
+            expected, events = await _together(
+                self._watermark(job, delivery),
+                self._events(job, delivery, after_event_id="", request=request),
             )
-            expected = mark.event_id
-        events = await self._events(
-            job, delivery, after_event_id=expected if only_new else "", request=request
-        )
+            if expected and all(event.id != expected for event in events):
+                events = await self._events(job, delivery, after_event_id="", request=request)
+        else:
+            events = await self._events(job, delivery, after_event_id="", request=request)
         # The watermark only moves forward: past every event when all of them (or all the new
         # ones) were read; a time range of old events leaves it alone.
         advance = bool(events) and (only_new or not ranged)
@@ -421,6 +422,21 @@ class GenerateMemoriesHandler:
             watermark=events[-1].id if advance else "",
             facts=[],
         )
+
+    async def _watermark(self, job: jobs_pb2.GenerateMemoriesJob, delivery: Delivery) -> str:
+        request = job.request
+        mark = await self._clients.memory.GetGenerationWatermark(
+            memory_job_service_pb2.GetGenerationWatermarkRequest(
+                tenant_id=job.tenant_id,
+                bank_id=request.bank_id,
+                session_id=request.source_reference,
+                scope=request.scope,
+            ),
+            metadata=self._md(job, delivery),
+            timeout=self._clients.timeout_s,
+        )
+        event_id: str = mark.event_id
+        return event_id
 
     async def _events(
         self,
