@@ -16,7 +16,8 @@
 The server, the gRPC client and Postgres share this machine's cores.
 
 Run: ``python -m bench.memory_scale [--memories N] [--scopes S] [--big B] [--queries Q]
-[--ingest M]``.
+[--ingest M] [--data-dir DIR]``. With ``--data-dir`` the loaded scale set is kept and reused
+by the next run of the same shape (loading 1,000,000 takes most of an hour on 2 cores).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import statistics
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -269,14 +272,40 @@ async def ingest_rate(stack: MemoryStack, *, count: int, in_flight: int = 64) ->
     )
 
 
+def _shape(args: argparse.Namespace) -> dict[str, int]:
+    return {"memories": args.memories, "scopes": args.scopes, "big": args.big}
+
+
+def _data_dir(args: argparse.Namespace) -> tuple[Path | None, bool]:
+    """The kept data directory (if any) and whether it holds this shape's scale set."""
+    if not args.data_dir:
+        return None, False
+    workdir = Path(args.data_dir).resolve()
+    marker = workdir / "scale-set.json"
+    loaded = marker.exists() and json.loads(marker.read_text()) == _shape(args)
+    if workdir.exists() and not loaded:
+        shutil.rmtree(workdir)  # another shape, or a load that did not finish
+    return workdir, loaded
+
+
+def _mark_loaded(workdir: Path, args: argparse.Namespace) -> None:
+    (workdir / "scale-set.json").write_text(json.dumps(_shape(args)))
+
+
 async def run(args: argparse.Namespace) -> None:
     print(
         f"scale set: {args.memories:,} memories, {args.scopes:,} scopes, "
         f"big scope {args.big:,}; {args.queries} queries per case"
     )
-    async with memory_stack(durable=True, optimize_interval_s=3600.0) as stack:
+    workdir, loaded = _data_dir(args)
+    async with memory_stack(durable=True, workdir=workdir, optimize_interval_s=3600.0) as stack:
         if args.memories:
-            await load(stack, total=args.memories, big=args.big, scopes=args.scopes)
+            if loaded:
+                print(f"scale set reused from {workdir} (loaded by an earlier run)")
+            else:
+                await load(stack, total=args.memories, big=args.big, scopes=args.scopes)
+                if workdir is not None:
+                    _mark_loaded(workdir, args)
             await search_latency(stack, queries=args.queries, big=args.big, scopes=args.scopes)
         if args.ingest:
             await ingest_rate(stack, count=args.ingest)
@@ -290,6 +319,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--big", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--ingest", type=int, default=3_000)
+    parser.add_argument(
+        "--data-dir",
+        default="",
+        help="keep Postgres and the index here; a later run with the same shape reuses them "
+        "instead of loading again (the ingest phase writes to its own tenant)",
+    )
     args = parser.parse_args(argv if argv is not None else [])
     if args.big > args.memories:
         parser.error("--big cannot exceed --memories")

@@ -66,9 +66,16 @@ class MemoryStack:
 
 
 @asynccontextmanager
-async def memory_stack(*, durable: bool = True, **options: Any) -> AsyncIterator[MemoryStack]:
-    """Start Postgres and a memory server in a temporary directory; remove both afterwards."""
-    workdir = Path(tempfile.mkdtemp(prefix="ciq-bench-memory-"))
+async def memory_stack(
+    *, durable: bool = True, workdir: Path | None = None, **options: Any
+) -> AsyncIterator[MemoryStack]:
+    """Start Postgres and a memory server in a temporary directory; remove both afterwards.
+
+    With ``workdir`` the stores live there and are kept (a later run reuses them).
+    """
+    keep = workdir is not None
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="ciq-bench-memory-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     postgres = EmbeddedPostgres(data_dir=workdir / "pg", durable=durable)
     try:
         handle = await postgres.start(timeout=120.0)
@@ -98,4 +105,5 @@ async def memory_stack(*, durable: bool = True, **options: Any) -> AsyncIterator
             await server.stop()
     finally:
         await postgres.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
