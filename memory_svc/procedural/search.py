@@ -20,13 +20,15 @@ empty, only skills are searched; kinds named explicitly next to them are not fil
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import math
 import uuid
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, func, literal, literal_column, select, true, union_all
+from sqlalchemy import ColumnElement, and_, select, true
 
 from ciq_runtime.errors import InvalidArgument
 from contextiq.common.v1 import common_pb2
@@ -102,7 +104,6 @@ class ProceduralSearcher:
                 for kind in kinds
             }
 
-        conditions = conditions_on(TABLES)
         topics: set[str] = set()
         for kind in kinds:
             if kind == "skill":
@@ -117,7 +118,7 @@ class ProceduralSearcher:
         # point's rank is its skill's rate); otherwise it is resolved in Postgres below.
         min_rank = min_rate if min_rate > 0 and kinds == ("skill",) else None
         if agent or (min_rate > 0 and min_rank is None):
-            matching = await self._matching_ids(conditions)
+            matching = await self._matching_ids(conditions_on(TABLES))
             if not matching:
                 return procedural_service_pb2.SearchProceduralResponse()
             if len(matching) <= _ID_PUSHDOWN:
@@ -153,16 +154,24 @@ class ProceduralSearcher:
             )
             fused = weighted_rrf(hits.dense, hits.keyword)
             # Re-read the winners, best first, a few more than asked for (the index may hold
-            # a few stale points): one round trip over every kind searched.
-            aliased = conditions_on(_ALIASES)
+            # a few stale points): one round trip over every kind searched, on the driver.
+            connection = await session.connection()
+            driver: Any = (await connection.get_raw_connection()).driver_connection
+            mode = "none" if scope is None else "inclusive" if inclusive else "exact"
+            sql = _hydration_sql(kinds, mode)
+            scope_value = (
+                None if scope is None else json.dumps(scope) if inclusive else scope_key(scope)
+            )
             rows: dict[uuid.UUID, tuple[str, Any]] = {}
             start = 0
             while start < len(fused) and len(rows) < top_k:
                 chunk = [item.id for item in fused[start : start + top_k - len(rows) + 5]]
                 start += len(chunk)
-                found = await session.execute(_hydration(aliased, chunk))
+                found = await driver.fetch(
+                    sql, tenant_id, chunk, scope_value, agent, skill_type, min_rate
+                )
                 for kind, document in found:
-                    row = _row(document)
+                    row = _row(json.loads(document))
                     rows[row.id] = (kind, row)
         response = procedural_service_pb2.SearchProceduralResponse()
         for item in fused[:start]:
@@ -221,24 +230,43 @@ def _condition(
     return and_(true(), *parts)
 
 
-#: Each kind's table under a short alias: hydration reads whole rows as JSON documents.
-_ALIASES: Final = {kind: table.alias(kind[0]) for kind, table in TABLES.items()}
 _TIMES: Final = frozenset({"created_at", "updated_at", "last_used_at"})
 
+# Hydration, prepared once per (kinds, scope mode) and run on the driver: the same conditions
+# as _condition. Parameters: $1 tenant, $2 ids, $3 scope (key, JSON, or NULL), $4 agent ('' =
+# any), $5 skill type ('' = any), $6 minimum success rate. Joining the id array drives the
+# plan from the primary key.
+_SCOPE_SQL: Final = {
+    "none": "$3::text IS NULL",
+    "exact": "x.scope_key = $3::text",
+    "inclusive": "x.scope @> $3::text::jsonb",
+}
+_KIND_SQL: Final = """
+SELECT '{kind}' AS kind, (to_jsonb(x) - 'embedding')::text AS doc
+FROM unnest($2::uuid[]) AS wanted(id)
+JOIN {table} AS x ON x.id = wanted.id
+WHERE x.tenant_id = $1 AND {scope} AND ($4::text = '' OR x.agent_id = $4::text){extra}"""
+_SKILL_SQL: Final = """
+  AND ($5::text = '' OR x.skill_type = $5::text) AND x.success_rate >= $6::float8"""
 
-def _hydration(conditions: dict[str, ColumnElement[bool]], ids: list[uuid.UUID]) -> Any:
-    """One statement reading the rows of ``ids`` of every searched kind, as
+
+@functools.cache
+def _hydration_sql(kinds: tuple[str, ...], scope_mode: str) -> str:
+    """One statement reading the rows of the given ids of every searched kind, as
     ``(kind, document)`` with the embedding left out."""
     parts = [
-        select(
-            literal(kind).label("kind"),
-            (func.to_jsonb(literal_column(_ALIASES[kind].name)) - "embedding").label("doc"),
+        _KIND_SQL.format(
+            kind=kind,
+            table=TABLES[kind].fullname,
+            scope=_SCOPE_SQL[scope_mode],
+            extra=_SKILL_SQL if kind == "skill" else "",
         )
-        .select_from(_ALIASES[kind])
-        .where(_ALIASES[kind].c.id.in_(ids), condition)
-        for kind, condition in conditions.items()
+        for kind in kinds
     ]
-    return parts[0] if len(parts) == 1 else union_all(*parts)
+    if "skill" not in kinds:
+        # Every parameter must appear in the statement for its type to be known.
+        parts[-1] += "\n  AND $5::text IS NOT NULL AND $6::float8 IS NOT NULL"
+    return "\nUNION ALL".join(parts)
 
 
 def _row(document: dict[str, Any]) -> SimpleNamespace:
