@@ -4,7 +4,7 @@ Routes come from the ``google.api.http`` annotations of the service descriptors 
 an RPC with a binding is reachable with no gateway code.
 
 Public API:
-    ``gateway.app.create_app(...)``: the Starlette app.
+    ``gateway.app.create_app(...)``: the ASGI app.
     ``gateway.server.GatewayServer`` / ``gateway.server.serve(app, host=..., port=...)``:
     serving it with uvicorn (``start()``/``stop()``, ``port``, ``url``).
     ``python -m gateway``: standalone, configured from the environment (see ``__main__``).

@@ -1,28 +1,30 @@
-"""``create_app``: the gateway's Starlette application, built from service descriptors."""
+"""``create_app``: the gateway's ASGI application, built from service descriptors.
+
+The app is one plain ASGI object rather than a Starlette application: a request goes through
+one outer layer (``RequestMiddleware``: span, trace id, metrics, last-resort envelope), then
+either a built-in endpoint (an exact path) or the transcoder. Starlette's middleware stack,
+router and mount cost more per request than the gateway's own work did.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
+from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Mount, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.bindings import find_services, service_bindings
 from gateway.comments import SourceComments
 from gateway.docs_page import DOCS_HTML
-from gateway.errors import JSON_MEDIA_TYPE, GatewayError, internal_error
+from gateway.errors import JSON_MEDIA_TYPE, GatewayError
 from gateway.health import NOT_SERVING, SERVING, HealthChecker
 from gateway.hooks import RequestHook
 from gateway.json_output import JsonEncoder
@@ -73,7 +75,7 @@ def create_app(
     channel_credentials: grpc.ChannelCredentials | None = None,
     title: str = "ContextIQ REST API",
     extra_metrics: Sequence[CollectorRegistry] = (),
-) -> Starlette:
+) -> GatewayApp:
     """Builds the gateway app; every route is computed and checked here, before serving.
 
     Args:
@@ -143,24 +145,16 @@ def create_app(
     async def docs(_: Request) -> Response:
         return HTMLResponse(DOCS_HTML)
 
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            await pool.close()
-
-    app = Starlette(
-        routes=[
-            Route(HEALTH_PATH, _Builtin(health, HEALTH_PATH)),
-            Route(METRICS_PATH, _Builtin(metrics_page, METRICS_PATH)),
-            Route(OPENAPI_PATH, _Builtin(openapi, OPENAPI_PATH)),
-            Route(DOCS_PATH, _Builtin(docs, DOCS_PATH)),
-            Mount("/", app=transcoder),
-        ],
-        middleware=[Middleware(RequestMiddleware, metrics=metrics)],
-        exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
-        lifespan=lifespan,
+    app = GatewayApp(
+        builtins={
+            HEALTH_PATH: _Builtin(health, HEALTH_PATH),
+            METRICS_PATH: _Builtin(metrics_page, METRICS_PATH),
+            OPENAPI_PATH: _Builtin(openapi, OPENAPI_PATH),
+            DOCS_PATH: _Builtin(docs, DOCS_PATH),
+        },
+        transcoder=transcoder,
+        metrics=metrics,
+        pool=pool,
     )
     app.state.gateway = GatewayState(
         routes=tuple(router.routes), openapi=document, metrics=metrics, pool=pool
@@ -172,8 +166,7 @@ def create_app(
 class _Builtin:
     """A gateway endpoint (GET/HEAD only) answering other methods with the 405 envelope.
 
-    An ASGI class rather than a function: Starlette then hands it every method, so a wrong
-    method gets the envelope instead of a plain-text 405.
+    It sees every method of its path, so a wrong method gets the envelope, not a plain 405.
     """
 
     _METHODS: Final = ("GET", "HEAD")
@@ -198,17 +191,56 @@ class _Builtin:
         await response(scope, receive, send)
 
 
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = grpc.StatusCode.NOT_FOUND if exc.status_code == 404 else grpc.StatusCode.UNKNOWN
-    error = GatewayError(code, exc.detail, status=exc.status_code, headers=exc.headers)
-    return error.to_response(request_info(request.scope).trace.trace_id)
+class GatewayApp:
+    """The gateway's ASGI app: built-in endpoints by exact path, every other path transcoded.
 
+    Attributes:
+        state: ``state.gateway`` is the app's ``GatewayState`` (for the launcher and tests).
+    """
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    # Runs in Starlette's outermost layer, outside RequestMiddleware: add the trace header here.
-    trace_id = request_info(request.scope).trace.trace_id
-    _log.error("unexpected error (trace_id=%s)", trace_id, exc_info=exc)
-    response = internal_error().to_response(trace_id)
-    response.headers["X-Trace-Id"] = trace_id
-    return response
+    def __init__(
+        self,
+        *,
+        builtins: Mapping[str, ASGIApp],
+        transcoder: Transcoder,
+        metrics: GatewayMetrics,
+        pool: UpstreamPool,
+    ) -> None:
+        """Assembles the app from its parts (``create_app`` builds them)."""
+        self.state = State()
+        self._builtins = dict(builtins)
+        self._transcoder = transcoder
+        self._pool = pool
+        self._http = RequestMiddleware(self._dispatch, metrics=metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serves one ASGI scope: HTTP, lifespan, or a WebSocket (refused)."""
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # nothing is bound to a WebSocket
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self._builtins.get(scope["path"])
+        if endpoint is None:
+            await self._transcoder(scope, receive, send)
+        else:
+            await endpoint(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """Start-up has nothing to do; shutdown closes the upstream channels."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self._pool.close()
+                except Exception as exc:  # noqa: BLE001 - reported to the server, which logs it
+                    await send({"type": "lifespan.shutdown.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return

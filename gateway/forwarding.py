@@ -47,6 +47,21 @@ class IncomingHeaders:
     metadata: Metadata = field(default_factory=list)
 
 
+# Headers read into IncomingHeaders' own fields, by raw (lower-case) name. Other headers that
+# are neither forwarded nor Grpc-Metadata-* are skipped without being decoded.
+_FIELDS: Final = {
+    b"content-type": "content_type",
+    b"accept": "accept",
+    b"traceparent": "traceparent",
+    b"tracestate": "tracestate",
+    b"grpc-timeout": "grpc_timeout",
+    b"x-request-timeout": "request_timeout",
+}
+_CREDENTIAL_NAMES: Final = frozenset(name.encode() for name in _CREDENTIALS)
+_FORWARDED_NAMES: Final = frozenset(name.encode() for name in _FORWARDED)
+_METADATA_PREFIX_BYTES: Final = _METADATA_PREFIX.encode()
+
+
 def read_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> IncomingHeaders:
     """Reads an ASGI header list (names are lower-case by the ASGI spec).
 
@@ -55,17 +70,22 @@ def read_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> IncomingHeaders:
     """
     found = IncomingHeaders()
     for raw_name, raw_value in raw_headers:
-        name = raw_name.decode("latin-1")
-        value = raw_value.decode("latin-1")
-        if name in _CREDENTIALS and not _is_ascii_text(value):
-            # No valid credential has such characters; say so as an auth failure.
-            raise GatewayError(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"the {name} header has characters no credential can contain",
-            )
-        if name in _FORWARDED:
+        attribute = _FIELDS.get(raw_name)
+        if attribute is not None:
+            setattr(found, attribute, raw_value.decode("latin-1"))
+        elif raw_name in _FORWARDED_NAMES:
+            name = raw_name.decode("latin-1")
+            value = raw_value.decode("latin-1")
+            if raw_name in _CREDENTIAL_NAMES and not _is_ascii_text(value):
+                # No valid credential has such characters; say so as an auth failure.
+                raise GatewayError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"the {name} header has characters no credential can contain",
+                )
             found.metadata.append((name, _ascii(name, value)))
-        elif name.startswith(_METADATA_PREFIX):
+        elif raw_name.startswith(_METADATA_PREFIX_BYTES):
+            name = raw_name.decode("latin-1")
+            value = raw_value.decode("latin-1")
             key = name[len(_METADATA_PREFIX) :]
             # grpc- names are reserved for gRPC itself; the library would refuse them.
             if key.startswith("grpc-"):
@@ -73,18 +93,6 @@ def read_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> IncomingHeaders:
             if not _METADATA_KEY.match(key):
                 raise invalid_argument(f"header {name} does not name valid gRPC metadata")
             found.metadata.append((key, _metadata_value(name, key, value)))
-        elif name == "content-type":
-            found.content_type = value
-        elif name == "accept":
-            found.accept = value
-        elif name == "traceparent":
-            found.traceparent = value
-        elif name == "tracestate":
-            found.tracestate = value
-        elif name == "grpc-timeout":
-            found.grpc_timeout = value
-        elif name == "x-request-timeout":
-            found.request_timeout = value
     return found
 
 

@@ -13,6 +13,7 @@ encoder precomputes one converter per field and message type, and produces the s
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import logging
 import math
@@ -55,8 +56,16 @@ _INT64_TYPES: Final = frozenset(
         FieldDescriptor.TYPE_SFIXED64,
     }
 )
-# Messages printed by their own ToJsonString (a plain string in JSON).
-_STRING_MESSAGES: Final = frozenset({TIMESTAMP, DURATION, FIELD_MASK})
+# Messages printed by their own ToJsonString (a plain string in JSON); Timestamp has a faster
+# converter of its own (_timestamp) with the same output.
+_STRING_MESSAGES: Final = frozenset({DURATION, FIELD_MASK})
+# One encoder for every response (json.dumps with arguments builds one per call). The values
+# are trees made here, never cyclic: no circular check.
+_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+_EPOCH: Final = datetime.datetime(1970, 1, 1)
+# google.protobuf's valid Timestamp range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_TIMESTAMP_SECONDS_MIN: Final = -62135596800
+_TIMESTAMP_SECONDS_MAX: Final = 253402300799
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +112,7 @@ class JsonEncoder:
 
     def encode(self, value: Any) -> bytes:
         """Serializes a JSON-ready value compactly."""
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        return _JSON.encode(value).encode()
 
     def _message(self, message: Message, descriptor: Descriptor) -> dict[str, Any]:
         plan = self._plans.get(descriptor.full_name)
@@ -141,9 +150,12 @@ class JsonEncoder:
     def _converter(self, field: FieldDescriptor) -> Converter:
         if is_map(field):
             key_field, value_field = map_fields(field)
-            key = _map_key if key_field.type == FieldDescriptor.TYPE_BOOL else str
             value = self._element(value_field)
-            return lambda entries: {key(k): value(v) for k, v in entries.items()}
+            # Keys, then a lookup each: a map's items() is a Python-level ItemsView generator.
+            if key_field.type == FieldDescriptor.TYPE_STRING:
+                return lambda entries: {k: value(entries[k]) for k in entries}
+            key = _map_key if key_field.type == FieldDescriptor.TYPE_BOOL else str
+            return lambda entries: {key(k): value(entries[k]) for k in entries}
         element = self._element(field)
         if field.is_repeated:
             return lambda items: [element(item) for item in items]
@@ -162,6 +174,8 @@ class JsonEncoder:
 
     def _message_converter(self, message: Descriptor) -> Converter:
         name = message.full_name
+        if name == TIMESTAMP:
+            return _timestamp
         if name in _STRING_MESSAGES:
             return _to_json_string
         wrapped = WRAPPERS.get(name)
@@ -221,8 +235,27 @@ def _to_json_string(value: Any) -> str:
     return text
 
 
+def _timestamp(value: Any) -> str:
+    """Timestamp.ToJsonString's RFC 3339 text (3, 6 or 9 fractional digits, as needed)."""
+    seconds: int = value.seconds
+    nanos: int = value.nanos
+    if not (
+        _TIMESTAMP_SECONDS_MIN <= seconds <= _TIMESTAMP_SECONDS_MAX and 0 <= nanos < 1_000_000_000
+    ):
+        return _to_json_string(value)  # raises protobuf's own ValueError
+    text = (_EPOCH + datetime.timedelta(seconds=seconds)).isoformat()
+    if nanos == 0:
+        return text + "Z"
+    if nanos % 1_000_000 == 0:
+        return f"{text}.{nanos // 1_000_000:03d}Z"
+    if nanos % 1_000 == 0:
+        return f"{text}.{nanos // 1_000:06d}Z"
+    return f"{text}.{nanos:09d}Z"
+
+
 def _struct(struct: Any) -> dict[str, Any]:
-    return {key: _value(value) for key, value in struct.fields.items()}
+    fields = struct.fields
+    return {key: _value(fields[key]) for key in fields}
 
 
 def _list_value(values: Any) -> list[Any]:

@@ -53,12 +53,28 @@ class GatewayMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, *, route: str, method: str, status: int, seconds: float) -> None:
         """Records one finished request."""
-        method = method if method in _KNOWN_METHODS else "OTHER"
-        self._requests.labels(route, method, str(status)).inc()
-        self._duration.labels(route, method).observe(seconds)
+        children = self._children.get((route, method, status))
+        if children is None:
+            children = self._children_of(route, method, status)
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _children_of(self, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+        # The labelled children are looked up once per label set, not per request (labels()
+        # takes a lock and builds a tuple each time). Routes are templates and methods are
+        # bounded, so this cache has the size of the label sets themselves.
+        label_method = method if method in _KNOWN_METHODS else "OTHER"
+        children = (
+            self._requests.labels(route, label_method, str(status)),
+            self._duration.labels(route, label_method),
+        )
+        if method in _KNOWN_METHODS:
+            self._children[(route, method, status)] = children
+        return children
 
     def render(self) -> bytes:
         """The registry (then the extra ones) in the Prometheus text format."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 
 _TRACEPARENT: Final = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _ZERO_TRACE: Final = "0" * 32
@@ -37,13 +38,24 @@ class TraceContext:
     tracestate: str | None
 
 
-def resolve_trace(traceparent: str | None, tracestate: str | None) -> TraceContext:
-    """Resolves the trace of a request from OpenTelemetry, the headers, or a fresh id."""
-    span_context = trace.get_current_span().get_span_context()
+def resolve_trace(
+    traceparent: str | None, tracestate: str | None, span_context: SpanContext | None = None
+) -> TraceContext:
+    """Resolves the trace of a request from OpenTelemetry, the headers, or a fresh id.
+
+    Args:
+        traceparent: The incoming ``traceparent`` header, if any.
+        tracestate: The incoming ``tracestate`` header, if any.
+        span_context: The request span's context; the current span's when None.
+    """
+    if span_context is None:
+        span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:
-        trace_id = format(span_context.trace_id, "032x")
-        parent = f"00-{trace_id}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
-        state = span_context.trace_state.to_header() or tracestate
+        trace_id = f"{span_context.trace_id:032x}"
+        parent = f"00-{trace_id}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+        state = (span_context.trace_state.to_header() if span_context.trace_state else None) or (
+            tracestate
+        )
         return TraceContext(trace_id=trace_id, traceparent=parent, tracestate=state)
     if traceparent is not None:
         found = _TRACEPARENT.match(traceparent.strip().lower())

@@ -15,7 +15,6 @@ from urllib.parse import parse_qsl
 
 import grpc
 from starlette.datastructures import Headers
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import (
@@ -44,6 +43,7 @@ from gateway.upstream import UpstreamPool
 _log = logging.getLogger(__name__)
 
 _JSON_TYPES: Final = frozenset({"application/json"})
+_JSON_CONTENT_TYPE: Final = (b"content-type", JSON_MEDIA_TYPE.encode())
 
 
 class _ClientGoneError(Exception):
@@ -144,14 +144,13 @@ class Transcoder:
             if route.response_field is not None
             else self._encoder.to_dict(reply)
         )
-        response = Response(
-            self._encoder.encode(payload), status_code=200, media_type=JSON_MEDIA_TYPE
-        )
+        body = self._encoder.encode(payload)
+        response_headers = [(b"content-length", b"%d" % len(body)), _JSON_CONTENT_TYPE]
         extra = metadata_to_headers(await call.initial_metadata(), await call.trailing_metadata())
-        response.raw_headers.extend(
+        response_headers.extend(
             (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra
         )
-        return response
+        return _JsonReply(body, response_headers)
 
     async def _stream(
         self,
@@ -182,6 +181,21 @@ class Transcoder:
             headers=metadata_to_headers(initial),
             trace_id=info.trace.trace_id,
         )
+
+
+class _JsonReply:
+    """A 200 JSON response as two ASGI messages (what Starlette's Response sends, minus its
+    header bookkeeping)."""
+
+    __slots__ = ("_body", "_headers")
+
+    def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self._body = body
+        self._headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        await send({"type": "http.response.body", "body": self._body})
 
 
 def _upstream_error(exc: grpc.aio.AioRpcError) -> GatewayError:
