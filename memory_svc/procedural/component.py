@@ -105,7 +105,7 @@ def build_procedural(
     )
     store = ProceduralStore(backend, sessions=lambda: db.sessions, index=index)
     candidates = CandidateOps(store)
-    search = ProceduralSearcher(backend, store)
+    search = ProceduralSearcher(backend, store, lambda: db.engine)
     learning = Learning(backend, store, candidates, default_model=settings.llm_model or "")
     return ProceduralParts(
         db=db,

@@ -24,11 +24,13 @@ import functools
 import json
 import math
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, Final
 
 from sqlalchemy import ColumnElement, and_, select, true
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ciq_runtime.errors import InvalidArgument
 from contextiq.common.v1 import common_pb2
@@ -62,10 +64,13 @@ def _candidates(top_k: int) -> int:
 class ProceduralSearcher:
     """Runs SearchProcedural for the servicer."""
 
-    def __init__(self, backend: Backend, store: ProceduralStore) -> None:
-        """Bind to the service's resources."""
+    def __init__(
+        self, backend: Backend, store: ProceduralStore, engine: Callable[[], AsyncEngine]
+    ) -> None:
+        """Bind to the service's resources (``engine``: the ``procedural`` schema's)."""
         self._b = backend
         self._store = store
+        self._engine = engine
 
     async def search(
         self, tenant_id: str, request: procedural_service_pb2.SearchProceduralRequest
@@ -127,52 +132,54 @@ class ProceduralSearcher:
                 limit = min(limit * 4, 1000)
 
         index = self._store.index
-        async with self._store.sessions() as session:
-            # Check a connection out while the query is embedded: hydration starts at once.
-            checkout = asyncio.create_task(session.connection())
-            try:
-                dense = (await index.embed([query]))[0]
-            finally:
-                await checkout
-            collection = await index.collection()
-            hits = await self._b.sync.index.search(
-                collection,
-                dense=dense,
-                sparse=index.keyword.query(query),
-                filter=IndexFilter(
-                    tenant_id=tenant_id,
-                    bank_id=BANK,
-                    scope_key=None if scope is None or inclusive else scope_key(scope),
-                    scope_pairs=pair_tokens(scope) if scope is not None and inclusive else [],
-                    # Every point of the collection is one of the three kinds: no filter
-                    # when all of them (every skill type) are searched.
-                    topics=None if len(topics) == _ALL_TOPICS else frozenset(topics),
-                    ids=ids,
-                    min_rank=min_rank,
-                ),
-                limit=limit,
-            )
-            fused = weighted_rrf(hits.dense, hits.keyword)
-            # Re-read the winners, best first, a few more than asked for (the index may hold
-            # a few stale points): one round trip over every kind searched, on the driver.
-            connection = await session.connection()
-            driver: Any = (await connection.get_raw_connection()).driver_connection
-            mode = "none" if scope is None else "inclusive" if inclusive else "exact"
-            sql = _hydration_sql(kinds, mode)
-            scope_value = (
-                None if scope is None else json.dumps(scope) if inclusive else scope_key(scope)
-            )
-            rows: dict[uuid.UUID, tuple[str, Any]] = {}
-            start = 0
-            while start < len(fused) and len(rows) < top_k:
-                chunk = [item.id for item in fused[start : start + top_k - len(rows) + 5]]
-                start += len(chunk)
-                found = await driver.fetch(
-                    sql, tenant_id, chunk, scope_value, agent, skill_type, min_rate
+        # The query is embedded while a connection is checked out: hydration starts at once.
+        embedding = asyncio.ensure_future(index.embed([query]))
+        try:
+            async with self._engine().connect() as connection:
+                driver: Any = (await connection.get_raw_connection()).driver_connection
+                dense = (await embedding)[0]
+                collection = await index.collection()
+                hits = await self._b.sync.index.search(
+                    collection,
+                    dense=dense,
+                    sparse=index.keyword.query(query),
+                    filter=IndexFilter(
+                        tenant_id=tenant_id,
+                        bank_id=BANK,
+                        scope_key=None if scope is None or inclusive else scope_key(scope),
+                        scope_pairs=pair_tokens(scope) if scope is not None and inclusive else [],
+                        # Every point of the collection is one of the three kinds: no filter
+                        # when all of them (every skill type) are searched.
+                        topics=None if len(topics) == _ALL_TOPICS else frozenset(topics),
+                        ids=ids,
+                        min_rank=min_rank,
+                    ),
+                    limit=limit,
                 )
-                for kind, document in found:
-                    row = _row(json.loads(document))
-                    rows[row.id] = (kind, row)
+                fused = weighted_rrf(hits.dense, hits.keyword)
+                # Re-read the winners, best first, a few more than asked for (the index may hold
+                # a few stale points): one round trip over every kind searched, on the driver.
+                mode = "none" if scope is None else "inclusive" if inclusive else "exact"
+                sql = _hydration_sql(kinds, mode)
+                scope_value = (
+                    None if scope is None else json.dumps(scope) if inclusive else scope_key(scope)
+                )
+                rows: dict[uuid.UUID, tuple[str, Any]] = {}
+                start = 0
+                while start < len(fused) and len(rows) < top_k:
+                    chunk = [item.id for item in fused[start : start + top_k - len(rows) + 5]]
+                    start += len(chunk)
+                    found = await driver.fetch(
+                        sql, tenant_id, chunk, scope_value, agent, skill_type, min_rate
+                    )
+                    for kind, document in found:
+                        row = _row(json.loads(document))
+                        rows[row.id] = (kind, row)
+        finally:
+            if not embedding.done():
+                embedding.cancel()
+            elif not embedding.cancelled():
+                embedding.exception()  # retrieved: a failure was raised above already
         response = procedural_service_pb2.SearchProceduralResponse()
         for item in fused[:start]:
             hit = rows.get(item.id)
