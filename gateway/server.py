@@ -158,7 +158,8 @@ class _CoalescingTransport(asyncio.Transport):
     """A socket transport whose writes within one event-loop turn leave in one ``send``.
 
     The first write of a turn schedules the flush (``call_soon``); the writes after it in the
-    same turn join the buffer. Closing flushes first. Everything else is the wrapped transport's.
+    same turn join the buffer. The protocol flushes at once when a response is complete, and
+    closing flushes first. Everything else is the wrapped transport's.
     """
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
@@ -171,14 +172,15 @@ class _CoalescingTransport(asyncio.Transport):
         if not data:
             return
         if not self._pending:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._pending.append(bytes(data))
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         for data in list_of_data:
             self.write(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Writes what is buffered (a no-op when nothing is)."""
         pending = self._pending
         if pending:
             self._pending = []
@@ -186,7 +188,7 @@ class _CoalescingTransport(asyncio.Transport):
                 self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def abort(self) -> None:
@@ -194,7 +196,7 @@ class _CoalescingTransport(asyncio.Transport):
         self._transport.abort()
 
     def write_eof(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.write_eof()
 
     def can_write_eof(self) -> bool:
@@ -232,11 +234,17 @@ class _CoalescingTransport(asyncio.Transport):
 
 
 class _HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a ``_CoalescingTransport``."""
+    """uvicorn's httptools protocol on a ``_CoalescingTransport``, flushed when a response
+    is complete (a whole small response leaves in one ``send``, without waiting a turn)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        super().connection_made(_CoalescingTransport(transport, self.loop))
+        self._coalescing = _CoalescingTransport(transport, self.loop)
+        super().connection_made(self._coalescing)
+
+    def on_response_complete(self) -> None:
+        self._coalescing.flush()
+        super().on_response_complete()
 
 
 def _bind(host: str, port: int) -> socket.socket:
