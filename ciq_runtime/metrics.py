@@ -155,6 +155,8 @@ _RPC_DURATION: Final = Histogram(
     buckets=_RPC_BUCKETS,
     registry=REGISTRY,
 )
+#: (full method, code) -> the request counter and duration histogram of that series.
+_RPC_SERIES: Final[dict[tuple[str, str], tuple[Counter, Histogram]]] = {}
 _JOBS: Final = Counter(
     "contextiq_jobs",
     "Job deliveries handled by the workers, by job type and state (succeeded, retried, "
@@ -249,9 +251,14 @@ def rpc_finished(full_method: str, code: str, seconds: float) -> None:
         code: The status code name (``OK``, ``NOT_FOUND``, ...).
         seconds: Duration of the call.
     """
-    service, _, method = full_method.lstrip("/").partition("/")
-    _RPC_REQUESTS.labels(service, method, code).inc()
-    _RPC_DURATION.labels(service, method).observe(seconds)
+    series = _RPC_SERIES.get((full_method, code))
+    if series is None:
+        service, _, method = full_method.lstrip("/").partition("/")
+        series = _RPC_REQUESTS.labels(service, method, code), _RPC_DURATION.labels(service, method)
+        # Bounded by methods served x status codes; labels() costs a lock and validation.
+        _RPC_SERIES[(full_method, code)] = series
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 def job_started(job: str, *, queued_s: float | None = None) -> None:

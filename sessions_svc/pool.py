@@ -18,8 +18,7 @@ import asyncio
 import collections
 import json
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 import asyncpg
 
@@ -174,40 +173,58 @@ class ConnectionPool:
             conn.terminate()
         self._wake_one_waiter()
 
-    @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
-        """Borrow a connection for one statement or transaction.
+    def acquire(self) -> _Lease:
+        """Borrow a connection for one statement or transaction: ``async with pool.acquire()``.
 
-        Yields:
-            The connection, outside any transaction.
-
-        Raises:
-            Unavailable: The database cannot be reached, or the pool is closed.
+        The block gets the connection, outside any transaction. Entering raises
+        :class:`Unavailable` when the database cannot be reached or the pool is closed; an
+        I/O error inside the block is re-raised as :class:`Unavailable` too.
         """
-        conn = await self._get()
-        reusable = False
-        try:
-            yield conn
-            reusable = True
-        except (OSError, asyncpg.InterfaceError) as exc:
+        return _Lease(self)
+
+    def _release(self, conn: asyncpg.Connection, exc: BaseException | None) -> None:
+        # Errors reported by the server, and our own exceptions between statements, leave the
+        # protocol in sync; an I/O error, a timeout or a cancellation mid-query (a reply may
+        # still be in flight) does not: such a connection is never reused.
+        reusable = exc is None or (
+            isinstance(exc, Exception)
+            and not isinstance(exc, (OSError, asyncpg.InterfaceError))  # TimeoutError too
+        )
+        if reusable and not conn.is_closed() and not conn.is_in_transaction():
+            self._put(conn)
+        else:
+            self._discard(conn)
+
+
+class _Lease:
+    """``async with pool.acquire() as conn``: a class, not a generator context manager,
+    because every RPC goes through it and a generator costs several microseconds more."""
+
+    __slots__ = ("_conn", "_pool")
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._conn: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        self._conn = await self._pool._get()
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        assert conn is not None, "lease exited without being entered"
+        self._pool._release(conn, exc)
+        if isinstance(exc, (OSError, asyncpg.InterfaceError)):
             raise Unavailable(
                 f"lost the database connection: {type(exc).__name__}",
                 reason="DATABASE_UNAVAILABLE",
                 retry_after_s=1.0,
             ) from exc
-        except TimeoutError:
-            raise  # a reply may still be in flight: not reusable
-        except Exception:
-            # Errors reported by the server, and our own exceptions between statements, leave
-            # the protocol in sync.
-            reusable = True
-            raise
-        finally:
-            # Cancellation mid-query (BaseException) may leave a reply in flight: never reuse.
-            if reusable and not conn.is_closed() and not conn.is_in_transaction():
-                self._put(conn)
-            else:
-                self._discard(conn)
 
 
 async def _close_quietly(conn: asyncpg.Connection) -> None:
