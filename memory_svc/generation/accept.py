@@ -30,7 +30,7 @@ class Acceptor:
         *,
         sessions: requests.SessionLookup,
         default_model: str,
-        wake_relay: Callable[[], None],
+        dispatch: Callable[[outbox.Enqueued], None],
     ) -> None:
         """Bind to the service's resources.
 
@@ -38,12 +38,12 @@ class Acceptor:
             backend: Database and banks.
             sessions: SessionService client (session sources).
             default_model: ``CONTEXTIQ_LLM_MODEL``, "" when unset.
-            wake_relay: Called after each commit so the job is published at once.
+            dispatch: Called with the job after each commit, to publish it at once.
         """
         self._b = backend
         self._sessions = sessions
         self._default_model = default_model
-        self._wake_relay = wake_relay
+        self._dispatch = dispatch
 
     async def generate(
         self, tenant_id: str, request: generation_pb2.GenerateMemoriesRequest, context: Any
@@ -92,8 +92,9 @@ class Acceptor:
                 request_id=request.request_id or None,
                 now=now,
             )
+            enqueued = None
             if inserted:
-                await outbox.enqueue(
+                enqueued = await outbox.enqueue(
                     session,
                     job=outbox.job_of(
                         operation_name=operation.name,
@@ -103,6 +104,6 @@ class Acceptor:
                     ),
                     now=now,
                 )
-        if inserted:
-            self._wake_relay()
+        if enqueued is not None:
+            self._dispatch(enqueued)
         return operation

@@ -111,7 +111,7 @@ def build(
             backend,
             sessions=sessions,
             default_model=settings.llm_model or "",
-            wake_relay=relay.wake if relay is not None else (lambda: None),
+            dispatch=relay.dispatch if relay is not None else (lambda _: None),
         ),
         applier=Applier(backend, vectors),
         lifecycle=Lifecycle(backend, waiter),

@@ -9,8 +9,9 @@ stay and are retried with backoff; a publish that reached the stream but whose P
 is published again and JetStream drops the duplicate (same Msg-Id inside the duplicate
 window; past it the worker's idempotency on the operation name still holds).
 
-Latency: the request handler wakes the relay right after its commit, so a job normally
-reaches NATS within milliseconds; a periodic sweep picks up anything left (rows of a replica
+Latency: the request handler publishes its job right after its commit
+(:meth:`Relay.dispatch`; the row is deleted after the PubAck), so a job normally reaches NATS
+within a millisecond or two; a periodic sweep picks up anything left (rows of a replica
 that died before publishing, rows in backoff).
 """
 
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -33,7 +35,7 @@ from ciq_runtime.db import transaction
 from contextiq.extraction.v1 import jobs_pb2
 from memory_svc.generation.tables import generation_outbox
 
-__all__ = ["GENERATE_SUBJECT", "LEARN_SUBJECT", "Relay", "enqueue"]
+__all__ = ["GENERATE_SUBJECT", "LEARN_SUBJECT", "Enqueued", "Relay", "enqueue"]
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +76,25 @@ _DUE: Final = (
 Publisher = Callable[[str, Message, str, dict[str, str]], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Enqueued:
+    """A job added to the outbox: what :meth:`Relay.dispatch` publishes once it committed."""
+
+    subject: str
+    job: jobs_pb2.GenerateMemoriesJob | jobs_pb2.LearnProceduralJob
+    headers: dict[str, str]
+
+
+_DELETE_PUBLISHED: Final = delete(ob).where(ob.c.operation_name == bindparam("p_name"))
+
+
 async def enqueue(
     session: AsyncSession,
     *,
     job: jobs_pb2.GenerateMemoriesJob | jobs_pb2.LearnProceduralJob,
     now: datetime,
     subject: str = GENERATE_SUBJECT,
-) -> None:
+) -> Enqueued:
     """Add the job (published on ``subject``) to the outbox inside the caller's transaction.
 
     The current trace context (the accepting request's) is stored with it and travels as
@@ -99,6 +113,7 @@ async def enqueue(
             "p_created_at": now,
         },
     )
+    return Enqueued(subject=subject, job=job, headers=headers)
 
 
 def job_of(
@@ -142,10 +157,40 @@ class Relay:
         self._connected = connected
         self._sweep_interval_s = sweep_interval_s
         self._wake = asyncio.Event()
+        self._dispatching: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         """Publish soon: a job was just committed."""
         self._wake.set()
+
+    def dispatch(self, enqueued: Enqueued) -> None:
+        """Publish a just-committed job now, from the request that committed it.
+
+        Saves the relay's read of the row on the way to the worker. The row stays the
+        source of truth: it is deleted only after the PubAck; if the publish fails, or a
+        sweep publishes the row meanwhile, the relay's rules apply (JetStream drops a second
+        publish with the same ``Nats-Msg-Id``).
+        """
+        if not self._connected():
+            self.wake()
+            return
+        task = asyncio.create_task(self._publish_now(enqueued))
+        self._dispatching.add(task)
+        task.add_done_callback(self._dispatching.discard)
+
+    async def _publish_now(self, enqueued: Enqueued) -> None:
+        name = enqueued.job.operation_name
+        try:
+            await self._publish(enqueued.subject, enqueued.job, name, dict(enqueued.headers))
+        except Exception as exc:  # noqa: BLE001 - the relay retries the row with backoff
+            log.info("publishing %s at once failed (%r); the relay retries", name, exc)
+            self.wake()
+            return
+        try:
+            async with transaction(self._sessions()) as session:
+                await session.execute(_DELETE_PUBLISHED, {"p_name": name})
+        except Exception:  # published: a sweep republishes it and JetStream drops the copy
+            log.warning("removing the published outbox row of %s failed", name, exc_info=True)
 
     async def run(self) -> None:
         """Relay until cancelled."""

@@ -293,3 +293,32 @@ async def test_the_job_carries_the_request_trace(
 
     # The consumer continues the request's trace (the publish span is its child).
     assert message.headers["traceparent"].split("-")[1] == trace_id
+
+
+async def test_the_accepting_request_publishes_its_job_without_the_relay(
+    gen_server: GenServer,
+    mem: memory_service_pb2_grpc.MemoryServiceStub,
+    who: Metadata,
+    tenant: str,
+    pg_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The relay's passes read nothing: only the request's own publish can reach the stream.
+    swept: list[int] = []
+
+    async def no_pass(self: outbox.Relay) -> int:
+        swept.append(1)
+        return 0
+
+    monkeypatch.setattr(outbox.Relay, "publish_due", no_pass)
+    operation = await mem.GenerateMemories(facts_request({"user_id": "u1"}, "eager"), metadata=who)
+
+    assert len(await published_for(gen_server.nats.url, operation.name)) == 1
+    for _ in range(100):  # the row goes once the PubAck is in
+        rows = await _rows(
+            pg_dsn, "SELECT 1 FROM memory.generation_outbox WHERE tenant_id = $1", tenant
+        )
+        if not rows:
+            break
+        await asyncio.sleep(0.05)
+    assert rows == []
