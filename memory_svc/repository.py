@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from memory_svc import models
 from memory_svc.scopes import scope_key
@@ -365,7 +365,7 @@ _HYDRATE_INCLUSIVE: Final = _HYDRATE_SQL.format(scope="m.scope @> $5::text::json
 
 
 async def hydrate_fast(
-    session: AsyncSession,
+    db: AsyncSession | AsyncConnection,
     *,
     tenant_id: str,
     bank_id: str,
@@ -381,7 +381,7 @@ async def hydrate_fast(
     """
     if not ids:
         return {}
-    connection = await session.connection()
+    connection = await db.connection() if isinstance(db, AsyncSession) else db
     raw = await connection.get_raw_connection()
     driver: Any = raw.driver_connection
     scope_value = json.dumps(scope) if inclusive else scope_key(scope)

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import numpy as np
 from sqlalchemy import ColumnElement, and_, select, true
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ciq_runtime.errors import FailedPrecondition, InvalidArgument
 from contextiq.common.v1 import common_pb2
@@ -156,33 +157,41 @@ class Searcher:
                 ids = frozenset(matching)
             else:
                 limit = min(limit * 4, 1000)
-        async with b.sessions() as session:
-            # Check a connection out (a round trip with the pool's pre-ping) while the query
-            # is embedded: the hydration below then starts at once.
-            checkout = asyncio.create_task(session.connection())
-            try:
-                dense_query = (
-                    (await b.embed(bank.indexed_model, [query]))[0] if mode != "keyword" else None
+        # The query is embedded while a connection is checked out: the hydration then starts
+        # at once. Without a filter it runs on the driver (no ORM session needed).
+        embedding = (
+            asyncio.ensure_future(b.embed(bank.indexed_model, [query]))
+            if mode != "keyword"
+            else None
+        )
+        try:
+            async with b.sessions() if filter_text.strip() else b.autocommit() as db:
+                if isinstance(db, AsyncSession):
+                    await db.connection()
+                dense_query = (await embedding)[0] if embedding is not None else None
+                return await self._rank_and_hydrate(
+                    db,
+                    tenant_id,
+                    bank,
+                    scope,
+                    inclusive,
+                    query,
+                    mode,
+                    filter_text,
+                    top_k,
+                    dense_query=dense_query,
+                    ids=ids,
+                    limit=limit,
+                    now=now,
+                    where=where,
+                    scope_sql=scope_sql,
                 )
-            finally:
-                await checkout
-            return await self._rank_and_hydrate(
-                session,
-                tenant_id,
-                bank,
-                scope,
-                inclusive,
-                query,
-                mode,
-                filter_text,
-                top_k,
-                dense_query=dense_query,
-                ids=ids,
-                limit=limit,
-                now=now,
-                where=where,
-                scope_sql=scope_sql,
-            )
+        finally:
+            if embedding is not None:
+                if not embedding.done():
+                    embedding.cancel()
+                elif not embedding.cancelled():
+                    embedding.exception()  # retrieved: a failure was raised above already
 
     async def _rank_and_hydrate(
         self,

@@ -70,9 +70,9 @@ async def find_similar(
         )
     )
     ids = list(dict.fromkeys(hit.id for hits in searches for hit in hits.dense))
-    async with b.sessions() as session:
+    async with b.autocommit() as connection:
         rows = await repository.hydrate_fast(
-            session,
+            connection,
             tenant_id=tenant_id,
             bank_id=bank.id,
             ids=ids,
