@@ -59,12 +59,15 @@ class RequestMiddleware:
     traceback)."""
 
     def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics) -> None:
-        """Wraps an ASGI app (HTTP scopes only; the caller routes the others)."""
+        """Wraps an ASGI app."""
         self._app = app
         self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Handles one HTTP request."""
+        """Handles one ASGI scope: an HTTP request, or anything else passed through."""
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
         started = time.perf_counter()
         method: str = scope["method"]
         traceparent, tracestate = _trace_headers(scope)

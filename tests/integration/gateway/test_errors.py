@@ -8,10 +8,13 @@ from collections.abc import AsyncIterator
 import grpc
 import httpx
 import pytest
+from starlette.types import Receive, Scope, Send
 
 from gateway.app import create_app
 from gateway.errors import GatewayError
 from gateway.hooks import HookContext
+from gateway.metrics import GatewayMetrics
+from gateway.middleware import RequestMiddleware
 from gateway.server import GatewayServer
 from tests.integration.gateway.showcase_servicer import ShowcaseBackend
 from tests.protos.showcase import SERVICE
@@ -169,3 +172,35 @@ async def test_oversized_body_is_413(client: httpx.AsyncClient, backend: Showcas
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
     assert not backend.servicer.received
+
+
+async def test_exception_escaping_the_app_is_a_500_envelope_with_the_trace_header(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The outer layer's last resort: whatever escapes what it wraps (the transcoder catches its
+    # own) is logged and answered with the envelope, counted as a 500, the connection kept.
+    async def exploding(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raise RuntimeError("secret internals")
+
+    metrics = GatewayMetrics()
+    async with (
+        GatewayServer(RequestMiddleware(exploding, metrics=metrics), port=0) as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
+        first = await http.get("/v1/anything")
+        second = await http.get("/v1/anything")
+
+    for response in (first, second):
+        assert response.status_code == 500
+        error = response.json()["error"]
+        assert error["code"] == "INTERNAL"
+        assert "secret" not in response.text
+        assert response.headers["x-trace-id"] == error["trace_id"]
+    assert first.json()["error"]["trace_id"] != second.json()["error"]["trace_id"]
+    assert any("secret internals" in str(r.exc_info) for r in caplog.records if r.exc_info)
+    rendered = metrics.render().decode()
+    assert re.search(
+        r'contextiq_gateway_requests_total\{method="GET",route="\(unmatched\)",status="500"\} 2',
+        rendered,
+    )
