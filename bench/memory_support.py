@@ -84,7 +84,6 @@ async def memory_stack(
             jwt_secret=_SECRET,
             rate_limit_per_minute=0,
             tenant_rate_limit_per_minute=0,
-            db_pool_size=20,
         )
         options.setdefault("index_path", workdir / "qdrant")
         parts = build_memory(settings, **options)

@@ -97,8 +97,10 @@ def create_engine(
         connect_args["server_settings"] = {"application_name": application_name}
     engine = create_async_engine(
         url,
-        pool_size=10 if pool_size is None else pool_size,
-        max_overflow=20 if max_overflow is None else max_overflow,
+        # Connections are kept once opened (no overflow by default): one closed at checkin
+        # and opened again for the next request costs a Postgres backend start each time.
+        pool_size=30 if pool_size is None else pool_size,
+        max_overflow=0 if max_overflow is None else max_overflow,
         # No pool_pre_ping: on asyncpg it costs three round trips (BEGIN, ";", ROLLBACK) per
         # checkout; _check_on_checkout below gives the same protection for less.
         echo=echo,

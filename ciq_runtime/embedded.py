@@ -686,6 +686,9 @@ class EmbeddedPostgres:
             f"port={port}",
             "-c",
             "unix_socket_directories=",
+            # Every service of the one-process stack keeps a pool of up to 30 connections.
+            "-c",
+            "max_connections=300",
         ]
         if not self._durable:
             argv += ["-c", "fsync=off"]

@@ -135,8 +135,8 @@ class Settings:
     jwt_issuer: str = "contextiq"
     bootstrap_api_key: str | None = None
     llm_model: str | None = None
-    db_pool_size: int = 10
-    db_max_overflow: int = 20
+    db_pool_size: int = 30
+    db_max_overflow: int = 0
     shutdown_grace_s: float = 10.0
     worker_concurrency: int = 32
     """Jobs the worker runs at once. Jobs mostly wait on the model: by Little's law 25 jobs/s
@@ -250,8 +250,8 @@ class Settings:
             jwt_issuer=env.text("CONTEXTIQ_JWT_ISSUER", "contextiq"),
             bootstrap_api_key=env.optional("CONTEXTIQ_BOOTSTRAP_API_KEY"),
             llm_model=env.optional("CONTEXTIQ_LLM_MODEL"),
-            db_pool_size=env.integer("CONTEXTIQ_DB_POOL_SIZE", 10, minimum=1),
-            db_max_overflow=env.integer("CONTEXTIQ_DB_MAX_OVERFLOW", 20, minimum=0),
+            db_pool_size=env.integer("CONTEXTIQ_DB_POOL_SIZE", 30, minimum=1),
+            db_max_overflow=env.integer("CONTEXTIQ_DB_MAX_OVERFLOW", 0, minimum=0),
             shutdown_grace_s=env.number("CONTEXTIQ_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0.0),
             worker_concurrency=env.integer("CONTEXTIQ_WORKER_CONCURRENCY", 32, minimum=1),
             worker_enabled=env.flag("CONTEXTIQ_WORKER_ENABLED", True),

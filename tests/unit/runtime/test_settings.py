@@ -20,7 +20,7 @@ def test_defaults_when_environment_is_empty() -> None:
     assert (s.log_level, s.log_format) == ("INFO", "json")
     assert s.auth_disabled is False
     assert s.jwt_issuer == "contextiq"
-    assert (s.db_pool_size, s.db_max_overflow) == (10, 20)
+    assert (s.db_pool_size, s.db_max_overflow) == (30, 0)
     assert s.shutdown_grace_s == 10.0
     assert s.worker_concurrency == 32
     assert s.otel_endpoint is None
