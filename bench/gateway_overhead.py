@@ -13,7 +13,9 @@ the machine's speed weighs on every series alike:
 It prints (a), (b), (c), then "gateway adds" two ways: **raw**, (b) - (a), the figure the
 target (≤ 1.5 ms p50) is about, and **net of the HTTP floor**, (b) - (a) - (c), what is left
 once the client's HTTP round trip (its own parsing, the kernel, uvicorn's) is taken out: the
-gateway's routing, transcoding, span, metrics and its upstream call beyond the direct one. The
+gateway's routing, transcoding, span, metrics and its upstream call beyond the direct one. (In
+those two rows the p95 column is a difference of p95s, not the p95 of a difference: it only
+hints at the tail and can even come out negative.) The
 raw figure includes the HTTP client's own cost, which is not the gateway's: the default client
 is aiohttp (about 0.2 ms per request on this machine); ``--client httpx`` (about 0.5-0.8 ms,
 what earlier runs used) shows how much of the raw figure is the client.
