@@ -8,7 +8,10 @@ this process over gRPC:
 1. ``--clients`` concurrent clients append to ``--sessions`` sessions (client ``i`` owns
    sessions ``i, i+clients, ...``) for ``--seconds`` after a warm-up: appends/s, p50, p95.
    Each append is an agent event with a ~300-character text part and a state delta of one
-   session key and one ``user:`` key.
+   session key and one ``user:`` key. The CPU time the server process, this client process
+   and Postgres (the postmaster and its children) used during the measured window is printed
+   per append, with the whole machine's: on the shared 2-core machine throughput follows the
+   total, and the machine's figure shows how much other work ran at the same time.
 2. A session is filled with ``--big-events`` events; GetSession with its newest 100 events is
    timed sequentially: p50, p95.
 3. The same workload through ADK's ``DatabaseSessionService`` (in-process, no network hop)
