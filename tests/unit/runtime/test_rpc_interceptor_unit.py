@@ -52,8 +52,8 @@ async def test_the_wrapped_handler_is_built_once_per_method() -> None:
     continuation = Continuation(grpc.unary_unary_rpc_method_handler(handle))
     first = await interceptor.intercept_service(continuation, Details(METHOD))
     second = await interceptor.intercept_service(continuation, Details(METHOD))
-    assert first is not None
     assert first is second
+    assert first is not None
     assert first.unary_unary is not handle
     assert continuation.calls == 1
 
