@@ -85,7 +85,9 @@ class Enqueued:
     headers: dict[str, str]
 
 
-_DELETE_PUBLISHED: Final = delete(ob).where(ob.c.operation_name == bindparam("p_name"))
+_TAKE: Final = (
+    delete(ob).where(ob.c.operation_name == bindparam("p_name")).returning(ob.c.operation_name)
+)
 
 
 async def enqueue(
@@ -166,10 +168,9 @@ class Relay:
     def dispatch(self, enqueued: Enqueued) -> None:
         """Publish a just-committed job now, from the request that committed it.
 
-        Saves the relay's read of the row on the way to the worker. The row stays the
-        source of truth: it is deleted only after the PubAck; if the publish fails, or a
-        sweep publishes the row meanwhile, the relay's rules apply (JetStream drops a second
-        publish with the same ``Nats-Msg-Id``).
+        Saves the relay's wake-up and read of the row on the way to the worker. The row stays
+        the source of truth: its deletion commits only after the PubAck, and a publish that
+        fails leaves it to the relay.
         """
         if not self._connected():
             self.wake()
@@ -181,16 +182,16 @@ class Relay:
     async def _publish_now(self, enqueued: Enqueued) -> None:
         name = enqueued.job.operation_name
         try:
-            await self._publish(enqueued.subject, enqueued.job, name, dict(enqueued.headers))
-        except Exception as exc:  # noqa: BLE001 - the relay retries the row with backoff
+            # The row is deleted first and the deletion commits after the PubAck: its lock
+            # keeps a sweep from publishing it meanwhile, and a failed publish rolls it back.
+            async with transaction(self._sessions()) as session:
+                taken = (await session.execute(_TAKE, {"p_name": name})).first()
+                if taken is None:
+                    return  # a sweep published it first
+                await self._publish(enqueued.subject, enqueued.job, name, dict(enqueued.headers))
+        except Exception as exc:  # noqa: BLE001 - the row is back: the relay retries it
             log.info("publishing %s at once failed (%r); the relay retries", name, exc)
             self.wake()
-            return
-        try:
-            async with transaction(self._sessions()) as session:
-                await session.execute(_DELETE_PUBLISHED, {"p_name": name})
-        except Exception:  # published: a sweep republishes it and JetStream drops the copy
-            log.warning("removing the published outbox row of %s failed", name, exc_info=True)
 
     async def run(self) -> None:
         """Relay until cancelled."""
