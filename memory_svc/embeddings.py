@@ -128,20 +128,26 @@ class LocalOnnxEmbedder:
         threads: int = 2,
         max_batch: int = 64,
         executor: Executor | None = None,
+        spin: bool = True,
     ) -> None:
         """Prepare the embedder; the model loads on first use (or :meth:`warm_up`).
 
         Args:
             model: The name banks use for it.
-            threads: onnxruntime intra-op threads. Their spinning is off, so idle threads
-                leave the cores to the database, gRPC and the index; two halve the latency of a
-                search's query embedding on a two-core machine.
+            threads: onnxruntime intra-op threads; two cut the latency of a search's query
+                embedding on a two-core machine.
             max_batch: Most texts run through the model at once.
             executor: Where inference runs; a private single thread by default (inference
                 is serialised anyway, and a second batch would only fight the first).
+            spin: Let the intra-op threads spin between the operators of one run instead of
+                sleeping and being woken for each: on two idle cores a query's embedding took
+                4.7 instead of 7.0 ms (p50) and less CPU, batches ran ~10% faster. They stop
+                spinning when the run ends, so idle threads take no CPU; on oversubscribed
+                cores spinning costs more than it saves (``spin=False``).
         """
         self._model = model
         self._threads = threads
+        self._spin = spin
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="onnx-embed")
         self._lock = threading.Lock()
         self._session: Any = None
@@ -171,8 +177,12 @@ class LocalOnnxEmbedder:
             options = ort.SessionOptions()
             options.intra_op_num_threads = self._threads
             options.inter_op_num_threads = 1
-            # Spinning threads would burn the cores Postgres and the event loop need.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # Spinning inside a run saves a wake-up per operator; spinning after it would burn
+            # the cores Postgres and the event loop need.
+            options.add_session_config_entry(
+                "session.intra_op.allow_spinning", "1" if self._spin else "0"
+            )
+            options.add_session_config_entry("session.force_spinning_stop", "1")
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.log_severity_level = 3
             self._session = ort.InferenceSession(
