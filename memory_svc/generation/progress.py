@@ -79,11 +79,23 @@ class RecentOperations:
 
 #: The compare-and-set statements by the columns they set, built once: a statement object
 #: reused keeps its SQL cache key, which SQLAlchemy would otherwise recompute per report.
-_CAS_STATEMENTS: dict[tuple[str, ...], Executable] = {}
+_CAS_STATEMENTS: dict[tuple[tuple[str, ...], bool], Executable] = {}
+# The statement's own transaction commits without waiting for the WAL flush (the setting is
+# local to it, the pooled connection keeps its default).
+_ASYNC_COMMIT: Final = (
+    select(func.set_config("synchronous_commit", "off", True)).scalar_subquery().is_not(None)
+)
 
 
-def _cas_statement(columns: tuple[str, ...]) -> Executable:
-    statement = _CAS_STATEMENTS.get(columns)
+def _cas_statement(columns: tuple[str, ...], *, durable: bool) -> Executable:
+    """The compare-and-set UPDATE of ``columns``.
+
+    A step of a running job (``durable`` False) commits asynchronously: the state is
+    advisory while the job runs (a crash of Postgres that lost it leaves the previous step
+    shown until the next report, and the job runs again anyway), and the fsync would sit on
+    every job's path twice. The end of an operation is always durable.
+    """
+    statement = _CAS_STATEMENTS.get((columns, durable))
     if statement is None:
         changed = (
             update(o)
@@ -91,6 +103,7 @@ def _cas_statement(columns: tuple[str, ...]) -> Executable:
                 o.c.name == bindparam("p_name", type_=o.c.name.type),
                 o.c.tenant_id == bindparam("p_tenant_id", type_=o.c.tenant_id.type),
                 o.c.version == bindparam("p_version", type_=o.c.version.type),
+                *(() if durable else (_ASYNC_COMMIT,)),
             )
             .values(
                 {
@@ -104,7 +117,7 @@ def _cas_statement(columns: tuple[str, ...]) -> Executable:
         statement = select(
             *changed.c, func.pg_notify(OPERATIONS_CHANNEL, changed.c.name).label("notified")
         )
-        _CAS_STATEMENTS[columns] = statement
+        _CAS_STATEMENTS[(columns, durable)] = statement
     return statement
 
 
@@ -151,7 +164,10 @@ async def report_progress(
             params = {f"p_{column}": value for column, value in values.items()}
             params.update(p_name=row.name, p_tenant_id=tenant_id, p_version=row.version)
             updated = (
-                await connection.execute(_cas_statement(tuple(values)), params)
+                await connection.execute(
+                    _cas_statement(tuple(values), durable=request.state in (DONE, FAILED)),
+                    params,
+                )
             ).one_or_none()
             if updated is not None:
                 rows.put(updated)
