@@ -103,6 +103,7 @@ class Acceptor:
                         now=now,
                     ),
                     now=now,
+                    dispatched=True,
                 )
         if enqueued is not None:
             self._dispatch(enqueued)

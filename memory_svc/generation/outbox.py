@@ -28,7 +28,7 @@ from typing import Any, Final
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from opentelemetry import propagate
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import Interval, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ciq_runtime.db import transaction
@@ -61,10 +61,14 @@ _ENQUEUE: Final = insert(ob).values(
             for c in ("operation_name", "tenant_id", "subject", "payload", "headers", "created_at")
         },
         "attempts": 0,
-        # The database's clock schedules the relay: replicas' clocks may differ.
-        "next_attempt_at": func.now(),
+        # The database's clock schedules the relay: replicas' clocks may differ. A job the
+        # request publishes itself is left to the relay only after a grace period.
+        "next_attempt_at": func.now() + bindparam("p_grace", type_=Interval()),
     }
 )
+#: How long the relay leaves a job to the request that committed it (Relay.dispatch) before
+#: publishing it itself: only a replica gone, or NATS lost, between commit and PubAck.
+DISPATCH_GRACE: Final = timedelta(seconds=5)
 _DUE: Final = (
     select(ob)
     .where(ob.c.next_attempt_at <= func.now())
@@ -85,9 +89,7 @@ class Enqueued:
     headers: dict[str, str]
 
 
-_TAKE: Final = (
-    delete(ob).where(ob.c.operation_name == bindparam("p_name")).returning(ob.c.operation_name)
-)
+_PUBLISHED: Final = delete(ob).where(ob.c.operation_name == bindparam("p_name"))
 
 
 async def enqueue(
@@ -96,11 +98,14 @@ async def enqueue(
     job: jobs_pb2.GenerateMemoriesJob | jobs_pb2.LearnProceduralJob,
     now: datetime,
     subject: str = GENERATE_SUBJECT,
+    dispatched: bool = False,
 ) -> Enqueued:
     """Add the job (published on ``subject``) to the outbox inside the caller's transaction.
 
     The current trace context (the accepting request's) is stored with it and travels as
-    message headers, so the worker's spans join the request's trace.
+    message headers, so the worker's spans join the request's trace. ``dispatched``: the
+    caller hands the job to :meth:`Relay.dispatch` after its commit, so the relay waits
+    :data:`DISPATCH_GRACE` before it publishes the row.
     """
     headers: dict[str, str] = {}
     propagate.inject(headers)
@@ -113,6 +118,7 @@ async def enqueue(
             "p_payload": job.SerializeToString(),
             "p_headers": headers,
             "p_created_at": now,
+            "p_grace": DISPATCH_GRACE if dispatched else timedelta(0),
         },
     )
     return Enqueued(subject=subject, job=job, headers=headers)
@@ -169,12 +175,11 @@ class Relay:
         """Publish a just-committed job now, from the request that committed it.
 
         Saves the relay's wake-up and read of the row on the way to the worker. The row stays
-        the source of truth: its deletion commits only after the PubAck, and a publish that
-        fails leaves it to the relay.
+        the source of truth: it is deleted after the PubAck, and the relay leaves it alone for
+        :data:`DISPATCH_GRACE` (enqueued with ``dispatched``), then publishes whatever is left.
         """
         if not self._connected():
-            self.wake()
-            return
+            return  # the relay publishes it once NATS is back
         task = asyncio.create_task(self._publish_now(enqueued))
         self._dispatching.add(task)
         task.add_done_callback(self._dispatching.discard)
@@ -182,16 +187,15 @@ class Relay:
     async def _publish_now(self, enqueued: Enqueued) -> None:
         name = enqueued.job.operation_name
         try:
-            # The row is deleted first and the deletion commits after the PubAck: its lock
-            # keeps a sweep from publishing it meanwhile, and a failed publish rolls it back.
-            async with transaction(self._sessions()) as session:
-                taken = (await session.execute(_TAKE, {"p_name": name})).first()
-                if taken is None:
-                    return  # a sweep published it first
-                await self._publish(enqueued.subject, enqueued.job, name, dict(enqueued.headers))
-        except Exception as exc:  # noqa: BLE001 - the row is back: the relay retries it
+            await self._publish(enqueued.subject, enqueued.job, name, dict(enqueued.headers))
+        except Exception as exc:  # noqa: BLE001 - the row stays: the relay publishes it
             log.info("publishing %s at once failed (%r); the relay retries", name, exc)
-            self.wake()
+            return
+        try:
+            async with transaction(self._sessions()) as session:
+                await session.execute(_PUBLISHED, {"p_name": name})
+        except Exception:  # published: a later sweep publishes it again, JetStream drops that
+            log.warning("removing the published outbox row of %s failed", name, exc_info=True)
 
     async def run(self) -> None:
         """Relay until cancelled."""
