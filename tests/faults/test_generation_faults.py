@@ -89,11 +89,14 @@ async def test_memory_service_restarted_during_apply(cluster: Cluster, tenant: s
         await cluster.start(service)
     sessions = await _sessions(cluster, tenant, 8)
     names = [await cluster.generate(tenant, s) for s in sessions]
-    applying = await cluster.wait_state(tenant, names, {"applying"})
-    cluster.kill("memory")  # kill -9 with an ApplyGeneration in flight (or just done)
+    # The "applying" state lasts only as long as one ApplyGeneration: polling may miss it, so
+    # the kill comes at the first operation seen consolidating or applying, with the other
+    # jobs (run concurrently) at every step, applies among them.
+    applying = await cluster.wait_state(tenant, names, {"consolidating", "applying"})
+    cluster.kill("memory")  # kill -9 with ApplyGeneration / FindSimilarMemories in flight
     await cluster.start("memory")
     await _check_exactly_once(cluster, tenant, names)
-    print(f"memory killed while {applying} was applying")
+    print(f"memory killed while {applying} was consolidating or applying")
 
 
 async def test_sigterm_requeues_running_jobs(cluster: Cluster, tenant: str) -> None:
