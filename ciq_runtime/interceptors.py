@@ -374,8 +374,8 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception)
 
 
 def _record_status(code: grpc.StatusCode) -> None:
-    # The OpenTelemetry server span (outside this interceptor) does not see abort_with_status,
-    # which is how ErrorInterceptor reports errors: set the code on it here.
+    # The server span (opened by RpcInterceptor) ends without seeing abort_with_status, which
+    # is how errors are reported: set the code on it here.
     span = trace.get_current_span()
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if code is not grpc.StatusCode.OK:
