@@ -16,9 +16,10 @@ of 32 short facts several times faster than 32 single calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -37,6 +38,7 @@ __all__ = [
     "LiteLLMEmbedder",
     "LocalOnnxEmbedder",
     "Vectors",
+    "embedding_ahead",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,23 @@ class Embedder(Protocol):
     async def embed(self, texts: Sequence[str]) -> Vectors:
         """Embed ``texts``; one row per text, in order."""
         ...
+
+
+@contextlib.contextmanager
+def embedding_ahead(embedding: Awaitable[Vectors]) -> Iterator[asyncio.Future[Vectors]]:
+    """Start ``embedding`` now and let the block do other work meanwhile (a search checks its
+    connection out); the block awaits the future when it needs the vectors.
+
+    A block left before awaiting it cancels the embedding, or marks its failure as seen.
+    """
+    future = asyncio.ensure_future(embedding)
+    try:
+        yield future
+    finally:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()  # seen: the block has raised already
 
 
 def _normalise(matrix: npt.NDArray[Any]) -> Vectors:

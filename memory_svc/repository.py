@@ -365,7 +365,7 @@ _HYDRATE_INCLUSIVE: Final = _HYDRATE_SQL.format(scope="m.scope @> $5::text::json
 
 
 async def hydrate_fast(
-    db: AsyncSession | AsyncConnection,
+    connection: AsyncConnection,
     *,
     tenant_id: str,
     bank_id: str,
@@ -381,7 +381,6 @@ async def hydrate_fast(
     """
     if not ids:
         return {}
-    connection = await db.connection() if isinstance(db, AsyncSession) else db
     raw = await connection.get_raw_connection()
     driver: Any = raw.driver_connection
     scope_value = json.dumps(scope) if inclusive else scope_key(scope)

@@ -16,7 +16,7 @@ scopes of millions.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import math
 import uuid
 from collections.abc import Sequence
@@ -34,6 +34,7 @@ from memory_svc import models, repository, validation
 from memory_svc.backend import Backend
 from memory_svc.banks import BankConfig
 from memory_svc.convert import memory_from_row
+from memory_svc.embeddings import embedding_ahead
 from memory_svc.filters import search_filter
 from memory_svc.fusion import Fused, single, weighted_rrf
 from memory_svc.index.protocol import Hit, IndexFilter, SparseVector
@@ -159,12 +160,12 @@ class Searcher:
                 limit = min(limit * 4, 1000)
         # The query is embedded while a connection is checked out: the hydration then starts
         # at once. Without a filter it runs on the driver (no ORM session needed).
-        embedding = (
-            asyncio.ensure_future(b.embed(bank.indexed_model, [query]))
+        ahead = (
+            embedding_ahead(b.embed(bank.indexed_model, [query]))
             if mode != "keyword"
-            else None
+            else contextlib.nullcontext()
         )
-        try:
+        with ahead as embedding:
             async with b.sessions() if filter_text.strip() else b.autocommit() as db:
                 if isinstance(db, AsyncSession):
                     await db.connection()
@@ -186,16 +187,10 @@ class Searcher:
                     where=where,
                     scope_sql=scope_sql,
                 )
-        finally:
-            if embedding is not None:
-                if not embedding.done():
-                    embedding.cancel()
-                elif not embedding.cancelled():
-                    embedding.exception()  # retrieved: a failure was raised above already
 
     async def _rank_and_hydrate(
         self,
-        session: Any,
+        db: Any,
         tenant_id: str,
         bank: BankConfig,
         scope: dict[str, str],
@@ -212,6 +207,8 @@ class Searcher:
         where: ColumnElement[bool],
         scope_sql: ColumnElement[bool],
     ) -> tuple[list[Fused], dict[uuid.UUID, Any]]:
+        """Rank in the index, then read the winners through ``db``: an ORM session with a
+        filter, a plain connection without one."""
         b = self._b
         sparse_query = b.keyword.query(query) if mode != "dense" else None
         index_filter = IndexFilter(
@@ -237,7 +234,7 @@ class Searcher:
             chunk_ids = [item.id for item in chunk]
             if filter_text.strip():
                 found = await repository.hydrate(
-                    session,
+                    db,
                     tenant_id=tenant_id,
                     bank_id=bank.id,
                     ids=chunk_ids,
@@ -247,7 +244,7 @@ class Searcher:
                 )
             else:
                 found = await repository.hydrate_fast(
-                    session,
+                    db,
                     tenant_id=tenant_id,
                     bank_id=bank.id,
                     ids=chunk_ids,

@@ -19,7 +19,6 @@ empty, only skills are searched; kinds named explicitly next to them are not fil
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import math
@@ -36,6 +35,7 @@ from ciq_runtime.errors import InvalidArgument
 from contextiq.common.v1 import common_pb2
 from contextiq.procedural.v1 import procedural_service_pb2
 from memory_svc.backend import Backend
+from memory_svc.embeddings import embedding_ahead
 from memory_svc.fusion import weighted_rrf
 from memory_svc.index.protocol import IndexFilter
 from memory_svc.procedural import validation
@@ -133,8 +133,7 @@ class ProceduralSearcher:
 
         index = self._store.index
         # The query is embedded while a connection is checked out: hydration starts at once.
-        embedding = asyncio.ensure_future(index.embed([query]))
-        try:
+        with embedding_ahead(index.embed([query])) as embedding:
             async with self._engine().connect() as connection:
                 driver: Any = (await connection.get_raw_connection()).driver_connection
                 dense = (await embedding)[0]
@@ -175,11 +174,6 @@ class ProceduralSearcher:
                     for kind, document in found:
                         row = _row(json.loads(document))
                         rows[row.id] = (kind, row)
-        finally:
-            if not embedding.done():
-                embedding.cancel()
-            elif not embedding.cancelled():
-                embedding.exception()  # retrieved: a failure was raised above already
         response = procedural_service_pb2.SearchProceduralResponse()
         for item in fused[:start]:
             hit = rows.get(item.id)

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from ciq_runtime.errors import InvalidArgument
-from memory_svc.embeddings import DEFAULT_MODEL, EmbedderRegistry, LocalOnnxEmbedder, _Batcher
+from memory_svc.embeddings import (
+    DEFAULT_MODEL,
+    EmbedderRegistry,
+    LocalOnnxEmbedder,
+    _Batcher,
+    embedding_ahead,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +68,38 @@ def test_registry_names() -> None:
     with pytest.raises(InvalidArgument):
         EmbedderRegistry.check_name("local/other", field="f")
     assert isinstance(EmbedderRegistry().get(DEFAULT_MODEL), LocalOnnxEmbedder)
+
+
+async def test_embedding_ahead_is_cancelled_or_seen_when_the_block_leaves_early() -> None:
+    gate = asyncio.Event()
+
+    async def slow() -> np.ndarray:
+        await gate.wait()
+        return np.zeros((1, 3), dtype=np.float32)
+
+    with pytest.raises(RuntimeError), embedding_ahead(slow()) as pending:
+        raise RuntimeError("checkout failed")
+    await asyncio.sleep(0)
+    assert pending.cancelled()
+
+    async def broken() -> np.ndarray:
+        raise InvalidArgument("bad text", field="q")
+
+    async def leave_after_it_failed() -> asyncio.Future[np.ndarray]:
+        with embedding_ahead(broken()) as failed:
+            await asyncio.sleep(0)  # the embedding fails while the block works
+            holder.append(failed)
+            raise RuntimeError("checkout failed")
+
+    holder: list[asyncio.Future[np.ndarray]] = []
+    with pytest.raises(RuntimeError):
+        await leave_after_it_failed()
+    (failed,) = holder
+    assert failed.done()
+    assert not failed.cancelled()
+    # Its failure was marked seen: no "exception was never retrieved" when it is collected.
+    assert failed._log_traceback is False
+
+    with embedding_ahead(slow()) as done:
+        gate.set()
+        assert (await done).shape == (1, 3)
