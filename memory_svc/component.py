@@ -167,7 +167,7 @@ def build_memory(
     )
     if generation.relay is not None:
         # Learning jobs travel through the generation outbox and its relay.
-        procedural.learning.wake_relay = generation.relay.wake
+        procedural.learning.dispatch = generation.relay.dispatch
     parts = MemoryParts(
         component=Component(name="memory", services=[]),
         backend=backend,

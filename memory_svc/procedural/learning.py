@@ -3,7 +3,8 @@
 The request is validated (no model configured is FAILED_PRECONDITION at once), then the
 operation (``memory.operations``, kind ``learn_procedural``) and its job
 (``LearnProceduralJob`` on ``contextiq.jobs.procedural.learn``) are committed in one
-transaction through the generation outbox, whose relay publishes the job to JetStream. The
+transaction through the generation outbox, and published to JetStream right after the commit
+the way generation jobs are (the outbox relay as the safety net). The
 extraction worker (``extraction_svc/learn_job.py``) runs it through the internal
 ProceduralJobService:
 
@@ -96,9 +97,10 @@ class Learning:
         self._store = store
         self._candidates = candidates
         self._default_model = default_model
-        #: Called after each commit so the job is published at once (set by the component
-        #: once the generation relay exists; jobs still leave on the relay's sweep without).
-        self.wake_relay: Callable[[], None] = lambda: None
+        #: Called with the job after each commit, to publish it at once (the generation
+        #: relay's dispatch, set by the component once the relay exists; without it jobs
+        #: leave on a relay's sweep).
+        self.dispatch: Callable[[outbox.Enqueued], None] = lambda _: None
 
     # ------------------------------------------------------------------ the request
 
@@ -201,6 +203,7 @@ class Learning:
                 request_id=request_id,
                 now=now,
             )
+            enqueued = None
             if inserted:
                 job = jobs_pb2.LearnProceduralJob(
                     operation_name=operation.name,
@@ -208,9 +211,11 @@ class Learning:
                     request=accepted,
                     enqueued_at=timestamp(now),
                 )
-                await outbox.enqueue(session, job=job, now=now, subject=outbox.LEARN_SUBJECT)
-        if inserted:
-            self.wake_relay()
+                enqueued = await outbox.enqueue(
+                    session, job=job, now=now, subject=outbox.LEARN_SUBJECT, dispatched=True
+                )
+        if enqueued is not None:
+            self.dispatch(enqueued)
         return operation
 
     # ------------------------------------------------------------------ the worker's calls
