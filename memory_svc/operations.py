@@ -210,6 +210,34 @@ class OperationStore:
         Returns:
             The operation and whether this call inserted it.
         """
+        row, inserted = await OperationStore.create_row_once(
+            session,
+            tenant_id=tenant_id,
+            kind=kind,
+            bank_id=bank_id,
+            metadata=metadata,
+            request=request,
+            request_id=request_id,
+            now=now,
+            attempt=attempt,
+        )
+        return to_proto(row), inserted
+
+    @staticmethod
+    async def create_row_once(
+        session: AsyncSession,
+        *,
+        tenant_id: str,
+        kind: str,
+        bank_id: str,
+        metadata: Message,
+        request: Message,
+        request_id: str | None,
+        now: datetime,
+        attempt: int = 0,
+    ) -> tuple[Any, bool]:
+        """:meth:`create_once`, returning the operation's row (the inserted one, or the one
+        created earlier with ``request_id``) instead of its message."""
         name = f"{_PREFIX}{uuid.uuid4()}"
         values = {
             "p_name": name,
@@ -227,13 +255,13 @@ class OperationStore:
         statement = _CREATE_ALWAYS if request_id is None else _CREATE_ONCE
         row = (await session.execute(statement, values)).one_or_none()
         if row is not None:
-            return to_proto(row), True
+            return row, True
         existing = (
             await session.execute(
                 _BY_REQUEST_ID, {"p_tenant_id": tenant_id, "p_request_id": request_id}
             )
         ).one()
-        return to_proto(existing), False
+        return existing, False
 
     @staticmethod
     async def find_by_request_id(

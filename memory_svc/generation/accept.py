@@ -13,7 +13,7 @@ from memory_svc.backend import Backend
 from memory_svc.convert import timestamp
 from memory_svc.generation import outbox, requests
 from memory_svc.generation.states import QUEUED
-from memory_svc.operations import OperationStore
+from memory_svc.operations import OperationStore, to_proto
 
 __all__ = ["KIND", "Acceptor"]
 
@@ -31,6 +31,7 @@ class Acceptor:
         sessions: requests.SessionLookup,
         default_model: str,
         dispatch: Callable[[outbox.Enqueued], None],
+        remember: Callable[[Any], None] = lambda _row: None,
     ) -> None:
         """Bind to the service's resources.
 
@@ -39,11 +40,14 @@ class Acceptor:
             sessions: SessionService client (session sources).
             default_model: ``CONTEXTIQ_LLM_MODEL``, "" when unset.
             dispatch: Called with the job after each commit, to publish it at once.
+            remember: Called with the new operation's row after its commit (the job's first
+                progress report then updates it without reading it first).
         """
         self._b = backend
         self._sessions = sessions
         self._default_model = default_model
         self._dispatch = dispatch
+        self._remember = remember
 
     async def generate(
         self, tenant_id: str, request: generation_pb2.GenerateMemoriesRequest, context: Any
@@ -82,7 +86,7 @@ class Acceptor:
             dry_run=accepted.config.dry_run,
         )
         async with transaction(b.sessions) as session:
-            operation, inserted = await OperationStore.create_once(
+            row, inserted = await OperationStore.create_row_once(
                 session,
                 tenant_id=tenant_id,
                 kind=KIND,
@@ -97,7 +101,7 @@ class Acceptor:
                 enqueued = await outbox.enqueue(
                     session,
                     job=outbox.job_of(
-                        operation_name=operation.name,
+                        operation_name=row.name,
                         tenant_id=tenant_id,
                         request=accepted,
                         now=now,
@@ -106,5 +110,6 @@ class Acceptor:
                     dispatched=True,
                 )
         if enqueued is not None:
+            self._remember(row)
             self._dispatch(enqueued)
-        return operation
+        return to_proto(row)

@@ -27,7 +27,7 @@ from google.rpc import code_pb2, status_pb2
 from sqlalchemy import bindparam, func, insert, select, update
 
 from ciq_runtime.db import transaction
-from ciq_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from ciq_runtime.errors import ContextIQError, FailedPrecondition, InvalidArgument, NotFound
 from contextiq.memory.v1 import generation_pb2, memory_job_service_pb2
 from memory_svc import models, repository, validation
 from memory_svc.backend import Backend
@@ -123,6 +123,43 @@ class _Outcome:
     )
     upserts: list[Upsert] = field(default_factory=list)
     deletes: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Plan:
+    bank: BankConfig
+    scope: dict[str, str]
+    actions: list[_Action]
+    ttl: timedelta | None
+
+
+def _check_against(
+    row: Any,
+    request: memory_job_service_pb2.ApplyGenerationRequest,
+    plan: _Plan | None,
+    invalid: ContextIQError | None,
+) -> None:
+    """Refuse an apply to a dry run, a request refused by :meth:`Applier._plan`, or one whose
+    bank or scope is not the operation's."""
+    name = request.operation_name
+    accepted = generation_pb2.GenerateMemoriesRequest.FromString(row.request or b"")
+    if accepted.config.dry_run:
+        raise FailedPrecondition(
+            f"operation {name!r} is a dry run: report its planned actions with "
+            'ReportOperationProgress(state "done", response) instead of applying them',
+            reason="DRY_RUN",
+        )
+    if invalid is not None:
+        raise invalid
+    assert plan is not None
+    if plan.bank.id != row.bank_id:
+        raise InvalidArgument(
+            f"bank_id {plan.bank.id!r} is not the bank of operation {name!r}", field="bank_id"
+        )
+    if accepted.scope and plan.scope != dict(accepted.scope):
+        raise InvalidArgument(
+            f"scope is not the scope operation {name!r} was accepted with", field="scope"
+        )
 
 
 async def load_operation(session: Any, *, tenant_id: str, name: str, lock: bool = False) -> Any:
@@ -299,45 +336,22 @@ class Applier:
         """Apply a generation's actions once; later calls return the first result."""
         b = self._b
         name = request.operation_name
-        async with b.sessions() as session:
-            row, stored = await load_with_result(session, tenant_id=tenant_id, name=name)
-        if stored is not None:
-            return stored
-        if row.done:
-            raise _finished_error(row)
-        accepted = generation_pb2.GenerateMemoriesRequest.FromString(row.request or b"")
-        if accepted.config.dry_run:
-            raise FailedPrecondition(
-                f"operation {name!r} is a dry run: report its planned actions with "
-                'ReportOperationProgress(state "done", response) instead of applying them',
-                reason="DRY_RUN",
-            )
-        bank = await b.bank(tenant_id=tenant_id, bank_id=request.bank_id)
-        if bank.id != row.bank_id:
-            raise InvalidArgument(
-                f"bank_id {bank.id!r} is not the bank of operation {name!r}", field="bank_id"
-            )
-        scope = validate_scope(request.scope, allowed_keys=bank.scope_keys)
-        if accepted.scope and scope != dict(accepted.scope):
-            raise InvalidArgument(
-                f"scope is not the scope operation {name!r} was accepted with", field="scope"
-            )
-        actions = _validate_actions(request, bank)
-        if request.watermark_event_id and not request.source_session_id:
-            raise InvalidArgument(
-                "source_session_id is required with watermark_event_id",
-                field="source_session_id",
-            )
-        ttl = _ttl(request)
-        writes = [a for a in actions if a.kind in ("CREATE", "UPDATE")]
-        if writes:
-            bank.require_indexed()
-            vectors = await self._vectors.embed(bank.embedding_model, [a.fact for a in writes])
-            for action, vector in zip(writes, vectors, strict=True):
-                action.vector = vector
+        if not name:
+            raise InvalidArgument("operation_name is required", field="operation_name")
+        parse_name(name)
+        # The request is checked and its facts embedded before the transaction opens (no lock
+        # is held during the model call). A refusal only stands once the transaction shows
+        # the operation has no stored result: a retry of an apply that succeeded gets that
+        # result, whatever the bank became since.
+        plan: _Plan | None = None
+        invalid: ContextIQError | None = None
+        try:
+            plan = await self._plan(tenant_id, request)
+        except ContextIQError as exc:
+            invalid = exc
         now = b.clock()
         outcome: _Outcome | None = None
-        refusal: FailedPrecondition | None = None
+        refusal: ContextIQError | None = None
         async with transaction(b.sessions) as session:
             row, stored = await load_with_result(session, tenant_id=tenant_id, name=name, lock=True)
             if stored is None and row.done:
@@ -350,20 +364,29 @@ class Applier:
                 await finish_cancelled(session, row, now)
                 refusal = _finished_error(row)
             elif stored is None:
+                _check_against(row, request, plan, invalid)
+                assert plan is not None
                 if request.watermark_event_id:
                     await watermarks.advance(
                         session,
                         tenant_id=tenant_id,
-                        bank_id=bank.id,
+                        bank_id=plan.bank.id,
                         session_id=request.source_session_id,
-                        scope=scope,
+                        scope=plan.scope,
                         expected=request.expected_watermark_event_id,
                         event_id=request.watermark_event_id,
                         operation_name=name,
                         now=now,
                     )
                 outcome = await self._write(
-                    session, tenant_id, bank, scope, request, actions, ttl=ttl, now=now
+                    session,
+                    tenant_id,
+                    plan.bank,
+                    plan.scope,
+                    request,
+                    plan.actions,
+                    ttl=plan.ttl,
+                    now=now,
                 )
                 metadata = metadata_of(row)
                 _final_metadata(metadata, outcome.response, request, now)
@@ -385,6 +408,27 @@ class Applier:
             return stored
         await b.sync.apply(upserts=outcome.upserts, deletes=outcome.deletes)
         return outcome.response
+
+    async def _plan(
+        self, tenant_id: str, request: memory_job_service_pb2.ApplyGenerationRequest
+    ) -> _Plan:
+        """Everything of the request checked without the operation, the facts embedded."""
+        bank = await self._b.bank(tenant_id=tenant_id, bank_id=request.bank_id)
+        scope = validate_scope(request.scope, allowed_keys=bank.scope_keys)
+        actions = _validate_actions(request, bank)
+        if request.watermark_event_id and not request.source_session_id:
+            raise InvalidArgument(
+                "source_session_id is required with watermark_event_id",
+                field="source_session_id",
+            )
+        ttl = _ttl(request)
+        writes = [a for a in actions if a.kind in ("CREATE", "UPDATE")]
+        if writes:
+            bank.require_indexed()
+            vectors = await self._vectors.embed(bank.embedding_model, [a.fact for a in writes])
+            for action, vector in zip(writes, vectors, strict=True):
+                action.vector = vector
+        return _Plan(bank=bank, scope=scope, actions=actions, ttl=ttl)
 
     async def _write(
         self,

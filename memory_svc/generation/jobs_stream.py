@@ -24,6 +24,7 @@ from memory_svc.generation.accept import Acceptor
 from memory_svc.generation.apply import Applier
 from memory_svc.generation.lifecycle import Lifecycle, OperationWaiter
 from memory_svc.generation.outbox import Relay
+from memory_svc.generation.progress import RecentOperations
 from memory_svc.generation.requests import SessionLookup
 from memory_svc.generation.servicer import Generation
 from memory_svc.generation.vectors import RecentVectors
@@ -106,12 +107,14 @@ def build(
     waiter = OperationWaiter(engine)
     sessions = SessionLookup(settings.sessions_addr)
     vectors = RecentVectors(backend)
+    operations = RecentOperations()
     generation = Generation(
         acceptor=Acceptor(
             backend,
             sessions=sessions,
             default_model=settings.llm_model or "",
             dispatch=relay.dispatch if relay is not None else (lambda _: None),
+            remember=operations.put,
         ),
         applier=Applier(backend, vectors),
         lifecycle=Lifecycle(backend, waiter),
@@ -119,6 +122,7 @@ def build(
         sessions=sessions,
         relay=relay,
         vectors=vectors,
+        operations=operations,
     )
     if bus is None:
         log.warning(

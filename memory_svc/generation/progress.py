@@ -8,10 +8,10 @@ an operation whose cancellation was requested finishes it as CANCELLED, which te
 to stop.
 
 Each report is one compare-and-set UPDATE (with its NOTIFY) against the version of the
-operation this process last saw: a job's reports follow each other on the same process, so
-the row returned by one report is the starting point of the next, and only the first report
-of a job (or one that lost a race, or whose cached row another replica changed) reads the row
-first.
+operation this process last saw: the row GenerateMemories inserted is the starting point of
+the job's first report, and the row returned by one report that of the next. Only a report
+whose operation another replica accepted or changed since (or one that lost a race) reads the
+row first.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from contextiq.memory.v1 import memory_job_service_pb2
 from memory_svc import repository, validation
 from memory_svc.backend import Backend
 from memory_svc.convert import memory_from_row
+from memory_svc.embeddings import embedding_ahead
 from memory_svc.generation.vectors import RecentVectors
 from memory_svc.index.protocol import IndexFilter
 from memory_svc.scopes import scope_key, validate_scope
@@ -52,8 +53,6 @@ async def find_similar(
         raise InvalidArgument(f"top_k must be between 1 and {_MAX_TOP_K}", field="top_k")
     top_k = request.top_k or _DEFAULT_TOP_K
     bank.require_indexed()
-    embedded = await vectors.embed(bank.indexed_model, texts)
-    collection = await b.collection(bank)
     now = b.clock()
     index_filter = IndexFilter(
         tenant_id=tenant_id,
@@ -61,25 +60,33 @@ async def find_similar(
         scope_key=scope_key(scope),
         alive_at=now.timestamp(),
     )
-    searches = await asyncio.gather(
-        *(
-            b.sync.index.search(
-                collection, dense=vector, sparse=None, filter=index_filter, limit=top_k + _SLACK
+    # The facts are embedded while the connection of the re-read is checked out.
+    with embedding_ahead(vectors.embed(bank.indexed_model, texts)) as embedding:
+        async with b.autocommit() as connection:
+            collection = await b.collection(bank)
+            embedded = await embedding
+            searches = await asyncio.gather(
+                *(
+                    b.sync.index.search(
+                        collection,
+                        dense=vector,
+                        sparse=None,
+                        filter=index_filter,
+                        limit=top_k + _SLACK,
+                    )
+                    for vector in embedded
+                )
             )
-            for vector in embedded
-        )
-    )
-    ids = list(dict.fromkeys(hit.id for hits in searches for hit in hits.dense))
-    async with b.autocommit() as connection:
-        rows = await repository.hydrate_fast(
-            connection,
-            tenant_id=tenant_id,
-            bank_id=bank.id,
-            ids=ids,
-            now=now,
-            scope=scope,
-            inclusive=False,
-        )
+            ids = list(dict.fromkeys(hit.id for hits in searches for hit in hits.dense))
+            rows = await repository.hydrate_fast(
+                connection,
+                tenant_id=tenant_id,
+                bank_id=bank.id,
+                ids=ids,
+                now=now,
+                scope=scope,
+                inclusive=False,
+            )
     response = memory_job_service_pb2.FindSimilarMemoriesResponse()
     for i, hits in enumerate(searches):
         result = response.results.add(fact_index=i)

@@ -192,8 +192,13 @@ async def test_apply_creates_updates_deletes_once_with_revisions(
 
     first = await jobs.ApplyGeneration(request, metadata=who)
     second = await jobs.ApplyGeneration(request, metadata=who)
+    # Once applied, the operation's result is the answer, even to a request refused otherwise.
+    refused_otherwise = await jobs.ApplyGeneration(
+        apply_request(tenant, operation, action("BOGUS")), metadata=who
+    )
 
     assert second == first
+    assert refused_otherwise == first
     assert (first.memories_created, first.memories_updated, first.memories_deleted) == (1, 1, 1)
     assert first.memories_unchanged == 1
     assert [g.action for g in first.generated_memories] == ["UPDATED", "DELETED", "CREATED"]
