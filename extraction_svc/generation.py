@@ -2,9 +2,10 @@
 
 For each :class:`~contextiq.extraction.v1.jobs_pb2.GenerateMemoriesJob` (DESIGN.md §5):
 
-1. Report ``extracting`` (``consolidating`` for inline facts). The memory service answers with
-   the operation: when it is already done (a redelivery after success, a cancellation) the job
-   stops there.
+1. Start: ``StartGenerationJob`` reports ``extracting`` (``consolidating`` for inline facts)
+   and answers with the operation, the bank's configuration and the session's generation
+   watermark, in one call. When the operation is already done (a redelivery after success, a
+   cancellation) the job stops there.
 2. Read the source: a session's events from SessionService (paginated; only those after the
    generation watermark with ``only_unprocessed``; ``start_time`` / ``end_time`` as a filter),
    inline events, or inline facts.
@@ -26,8 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,7 +99,6 @@ class GenerateMemoriesHandler:
         llm: LlmClient,
         *,
         default_model: str | None,
-        bank_cache_s: float = 5.0,
     ) -> None:
         """Create the handler.
 
@@ -107,14 +106,11 @@ class GenerateMemoriesHandler:
             clients: Stubs of the sessions and memory services.
             llm: The LiteLLM client.
             default_model: ``CONTEXTIQ_LLM_MODEL``.
-            bank_cache_s: How long a bank's configuration is reused (0: read it every job).
         """
         self._clients = clients
         self._llm = llm
         self._default_model = default_model
         self._llm_loaded = False
-        self._bank_cache_s = bank_cache_s
-        self._banks: dict[tuple[str, str], tuple[float, memory_pb2.MemoryBank]] = {}
         self._session_locks: dict[str, _CountedLock] = {}
 
     # ------------------------------------------------------------------ runner interface
@@ -204,14 +200,17 @@ class GenerateMemoriesHandler:
 
     async def _run_once(self, job: jobs_pb2.GenerateMemoriesJob, delivery: Delivery) -> None:
         request = job.request
-        first_state = "consolidating" if request.source_type == "facts" else "extracting"
-        # The first report tells whether the operation already ended; the reads run meanwhile
-        # (they change nothing, and are discarded if it did).
-        _, bank, source = await _together(
-            self._report(job, delivery, first_state),
-            self._bank(job, delivery),
-            self._source(job, delivery),
-        )
+        # The first report tells whether the operation already ended, and brings the bank and
+        # the session's watermark; the events are read meanwhile (a read changes nothing, and
+        # is discarded if the operation ended).
+        started = asyncio.ensure_future(self._start(job, delivery))
+
+        async def watermark() -> str:
+            event_id: str = (await started).watermark.event_id
+            return event_id
+
+        _, source = await _together(started, self._source(job, delivery, watermark))
+        bank = started.result().bank
         model = request.config.model or bank.extraction_model or self._default_model or None
         for rerun in range(MAX_WATERMARK_RERUNS + 1):
             try:
@@ -224,7 +223,7 @@ class GenerateMemoriesHandler:
                     job.operation_name,
                     rerun + 1,
                 )
-                source = await self._source(job, delivery)
+                source = await self._source(job, delivery, lambda: self._watermark(job, delivery))
         raise RetryJob(
             status_pb2.Status(
                 code=code_pb2.ABORTED,
@@ -271,48 +270,52 @@ class GenerateMemoriesHandler:
             not bank.HasField("enable_consolidation") or bank.enable_consolidation
         )
         if facts and consolidation_on:
-            # The "consolidating" report goes out with the candidates' lookup.
-            *_, found = await _together(
-                *([reported] if reported is not None else []),
-                self._clients.memory.FindSimilarMemories(
-                    memory_job_service_pb2.FindSimilarMemoriesRequest(
-                        tenant_id=job.tenant_id,
-                        bank_id=request.bank_id,
-                        scope=request.scope,
-                        facts=facts,
-                        top_k=CANDIDATES_PER_FACT,
-                    ),
-                    metadata=self._md(job, delivery),
-                    timeout=self._clients.timeout_s,
+            found = await self._clients.memory.FindSimilarMemories(
+                memory_job_service_pb2.FindSimilarMemoriesRequest(
+                    tenant_id=job.tenant_id,
+                    bank_id=request.bank_id,
+                    scope=request.scope,
+                    facts=facts,
+                    top_k=CANDIDATES_PER_FACT,
                 ),
+                metadata=self._md(job, delivery),
+                timeout=self._clients.timeout_s,
             )
-            reported = None
             similar = list(found.results)
             for result in similar:
                 for memory in result.memories:
                     candidates.setdefault(memory.id, memory)
-        if reported is not None:
-            await reported
-        if not facts:
-            actions: list[memory_pb2.ConsolidationAction] = []
-        elif not consolidation_on or not candidates:
-            # consolidate() creates every fact (duplicates merged) without a model call.
-            actions = (
-                await consolidate(self._llm, model="", new_facts=facts, existing=[], topics=topics)
-            ).value
-        elif model is None:
-            actions = consolidate_by_similarity(facts, similar)
-        else:
+        actions: list[memory_pb2.ConsolidationAction]
+        if facts and consolidation_on and candidates and model is not None:
             await self._warm_up()
-            consolidated = await consolidate(
-                self._llm,
-                model=model,
-                new_facts=facts,
-                existing=list(candidates.values()),
-                topics=_with_fact_topics(topics, facts),
+            # The "consolidating" report travels alongside the model call, off the job's path
+            # (a cancellation it reveals stops the job before the apply).
+            *_, consolidated = await _together(
+                *([reported] if reported is not None else []),
+                consolidate(
+                    self._llm,
+                    model=model,
+                    new_facts=facts,
+                    existing=list(candidates.values()),
+                    topics=_with_fact_topics(topics, facts),
+                ),
             )
             usage.add(consolidated.usage)
             actions = consolidated.value
+        else:
+            if reported is not None:
+                await reported
+            if not facts:
+                actions = []
+            elif not consolidation_on or not candidates:
+                # consolidate() creates every fact (duplicates merged) without a model call.
+                actions = (
+                    await consolidate(
+                        self._llm, model="", new_facts=facts, existing=[], topics=topics
+                    )
+                ).value
+            else:
+                actions = consolidate_by_similarity(facts, similar)
         _check_within_candidates(actions, candidates, dict(request.scope), len(facts))
 
         if config.dry_run:
@@ -361,30 +364,35 @@ class GenerateMemoriesHandler:
         if late is not None and not isinstance(late, _OperationOver):
             log.debug("the 'applying' report of %s failed: %s", job.operation_name, late)
 
-    async def _bank(
+    async def _start(
         self, job: jobs_pb2.GenerateMemoriesJob, delivery: Delivery
-    ) -> memory_pb2.MemoryBank:
-        # A bank's configuration changes rarely and the memory service caches it as long: one
-        # call per bank and few seconds, not one per job (the memory service is the busy one).
-        key = (job.tenant_id, job.request.bank_id or "default")
-        now = time.monotonic()
-        cached = self._banks.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        bank: memory_pb2.MemoryBank = await self._clients.memory.GetJobBank(
-            memory_job_service_pb2.GetJobBankRequest(
-                tenant_id=job.tenant_id, bank_id=job.request.bank_id
-            ),
-            metadata=self._md(job, delivery),
-            timeout=self._clients.timeout_s,
+    ) -> memory_job_service_pb2.StartGenerationJobResponse:
+        """The first report of the delivery, with the bank and the session's watermark."""
+        started: memory_job_service_pb2.StartGenerationJobResponse = (
+            await self._clients.memory.StartGenerationJob(
+                memory_job_service_pb2.StartGenerationJobRequest(
+                    operation_name=job.operation_name,
+                    tenant_id=job.tenant_id,
+                    state="consolidating" if job.request.source_type == "facts" else "extracting",
+                    attempt=delivery.attempt,
+                ),
+                metadata=self._md(job, delivery),
+                timeout=self._clients.timeout_s,
+            )
         )
-        if self._bank_cache_s > 0:
-            if len(self._banks) >= 10_000:
-                self._banks.clear()
-            self._banks[key] = (now + self._bank_cache_s, bank)
-        return bank
+        if started.operation.done:
+            # Finished already (a redelivery after success) or cancelled: stop before
+            # doing anything.
+            raise _OperationOver
+        return started
 
-    async def _source(self, job: jobs_pb2.GenerateMemoriesJob, delivery: Delivery) -> _Source:
+    async def _source(
+        self,
+        job: jobs_pb2.GenerateMemoriesJob,
+        delivery: Delivery,
+        watermark: Callable[[], Awaitable[str]],
+    ) -> _Source:
+        """The job's input; ``watermark`` reads the session's generation watermark."""
         request = job.request
         if request.source_type == "facts":
             return _Source(
@@ -399,14 +407,14 @@ class GenerateMemoriesHandler:
         expected = ""
         if only_new:
             # The events to read start after the watermark: one read after the other.
-            expected = await self._watermark(job, delivery)
+            expected = await watermark()
             events = await self._events(job, delivery, after_event_id=expected, request=request)
         elif not ranged:
             # The whole session: both reads at once. The watermark may only move forward, so
             # the events must reach it; if another job moved it past the events read (they were
             # read first), read them again.
             expected, events = await _together(
-                self._watermark(job, delivery),
+                watermark(),
                 self._events(job, delivery, after_event_id="", request=request),
             )
             if expected and all(event.id != expected for event in events):

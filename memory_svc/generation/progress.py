@@ -34,7 +34,7 @@ from memory_svc.generation.apply import finish_cancelled, load_operation, metada
 from memory_svc.generation.states import DONE, FAILED, RANK, REPORTABLE
 from memory_svc.operations import OPERATIONS_CHANNEL, OperationStore, pack, to_proto
 
-__all__ = ["RecentOperations", "report_progress"]
+__all__ = ["RecentOperations", "report_progress", "report_progress_row"]
 
 o = models.operations
 #: Optimistic attempts before falling back to a locking transaction.
@@ -137,6 +137,18 @@ async def report_progress(
         recent: Rows of running operations this process wrote last (see
             :class:`RecentOperations`); None reads the row for every report.
     """
+    operation, _ = await report_progress_row(backend, tenant_id, request, recent=recent)
+    return operation
+
+
+async def report_progress_row(
+    backend: Backend,
+    tenant_id: str,
+    request: memory_job_service_pb2.ReportOperationProgressRequest,
+    *,
+    recent: RecentOperations | None = None,
+) -> tuple[operations_pb2.Operation, Any]:
+    """:func:`report_progress`, also returning the operation's row as the report left it."""
     if request.state not in REPORTABLE:
         raise InvalidArgument(f"state must be one of {', '.join(REPORTABLE)}", field="state")
     if request.extracted_count < 0:
@@ -157,7 +169,7 @@ async def report_progress(
                 row = await load_operation(connection, tenant_id=tenant_id, name=name)
             if row.done:
                 rows.forget(name)
-                return to_proto(row)
+                return to_proto(row), row
             if row.cancel_requested:
                 break
             values = _changes(row, request, backend.clock())
@@ -171,21 +183,22 @@ async def report_progress(
             ).one_or_none()
             if updated is not None:
                 rows.put(updated)
-                return to_proto(updated)
+                return to_proto(updated), updated
             row = None
     rows.forget(name)
     now = backend.clock()
     async with transaction(backend.sessions) as session:
         row = await load_operation(session, tenant_id=tenant_id, name=name, lock=True)
         if row.done:
-            return to_proto(row)
+            return to_proto(row), row
         if row.cancel_requested:
             await finish_cancelled(session, row, now)
-            return to_proto(await OperationStore.row(session, tenant_id=tenant_id, name=row.name))
+            row = await OperationStore.row(session, tenant_id=tenant_id, name=row.name)
+            return to_proto(row), row
         updated = await OperationStore.update_row(
             session, name=row.name, values=_changes(row, request, now)
         )
-        return to_proto(updated)
+        return to_proto(updated), updated
 
 
 def _changes(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from google.longrunning import operations_pb2
 
@@ -18,17 +18,25 @@ from contextiq.memory.v1 import (
 )
 from memory_svc.backend import Backend
 from memory_svc.generation import watermarks
-from memory_svc.generation.accept import Acceptor
+from memory_svc.generation.accept import KIND, Acceptor
 from memory_svc.generation.apply import Applier
 from memory_svc.generation.lifecycle import Lifecycle, OperationWaiter
 from memory_svc.generation.outbox import Relay
-from memory_svc.generation.progress import RecentOperations, report_progress
+from memory_svc.generation.progress import (
+    RecentOperations,
+    report_progress,
+    report_progress_row,
+)
 from memory_svc.generation.requests import SessionLookup
 from memory_svc.generation.similar import find_similar
+from memory_svc.generation.states import CONSOLIDATING, EXTRACTING
 from memory_svc.generation.vectors import RecentVectors
 from memory_svc.scopes import validate_scope
 
 __all__ = ["Generation", "MemoryJobServicer", "acting_tenant"]
+
+#: The states a job starts in: extracting, or consolidating for inline facts.
+_FIRST_STATES: Final = (EXTRACTING, CONSOLIDATING)
 
 
 @dataclass
@@ -88,6 +96,48 @@ class MemoryJobServicer(memory_job_service_pb2_grpc.MemoryJobServiceServicer):
         """Bind to the service's resources."""
         self._b = backend
         self._g = generation
+
+    async def StartGenerationJob(
+        self, request: memory_job_service_pb2.StartGenerationJobRequest, context: Any
+    ) -> memory_job_service_pb2.StartGenerationJobResponse:
+        """The job's first report, with its bank and its session's watermark."""
+        tenant_id = acting_tenant(request.tenant_id)
+        if request.state not in _FIRST_STATES:
+            raise InvalidArgument(f"state must be one of {', '.join(_FIRST_STATES)}", field="state")
+        operation, row = await report_progress_row(
+            self._b,
+            tenant_id,
+            memory_job_service_pb2.ReportOperationProgressRequest(
+                operation_name=request.operation_name,
+                tenant_id=tenant_id,
+                state=request.state,
+                attempt=request.attempt,
+            ),
+            recent=self._g.operations,
+        )
+        response = memory_job_service_pb2.StartGenerationJobResponse(operation=operation)
+        if operation.done:
+            return response
+        if row.kind != KIND:
+            raise InvalidArgument(
+                f"operation {request.operation_name!r} is not a memory generation",
+                field="operation_name",
+            )
+        accepted = generation_pb2.GenerateMemoriesRequest.FromString(row.request or b"")
+        bank = await self._b.bank(tenant_id=tenant_id, bank_id=row.bank_id)
+        response.bank.CopyFrom(bank.message)
+        if accepted.source_type == "session":
+            async with self._b.autocommit() as connection:
+                response.watermark.CopyFrom(
+                    await watermarks.read(
+                        connection,
+                        tenant_id=tenant_id,
+                        bank_id=bank.id,
+                        session_id=accepted.source_reference,
+                        scope=dict(accepted.scope),
+                    )
+                )
+        return response
 
     async def GetJobBank(
         self, request: memory_job_service_pb2.GetJobBankRequest, context: Any

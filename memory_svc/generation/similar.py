@@ -8,7 +8,6 @@ scores of L2-normalised embeddings.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Final
 
 from ciq_runtime.errors import InvalidArgument
@@ -65,19 +64,10 @@ async def find_similar(
         async with b.autocommit() as connection:
             collection = await b.collection(bank)
             embedded = await embedding
-            searches = await asyncio.gather(
-                *(
-                    b.sync.index.search(
-                        collection,
-                        dense=vector,
-                        sparse=None,
-                        filter=index_filter,
-                        limit=top_k + _SLACK,
-                    )
-                    for vector in embedded
-                )
+            searches = await b.sync.index.search_dense_many(
+                collection, list(embedded), filter=index_filter, limit=top_k + _SLACK
             )
-            ids = list(dict.fromkeys(hit.id for hits in searches for hit in hits.dense))
+            ids = list(dict.fromkeys(hit.id for hits in searches for hit in hits))
             rows = await repository.hydrate_fast(
                 connection,
                 tenant_id=tenant_id,
@@ -90,7 +80,7 @@ async def find_similar(
     response = memory_job_service_pb2.FindSimilarMemoriesResponse()
     for i, hits in enumerate(searches):
         result = response.results.add(fact_index=i)
-        for hit in hits.dense:
+        for hit in hits:
             row = rows.get(hit.id)
             if row is None:
                 continue

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ciq_runtime.errors import Aborted
 from contextiq.memory.v1 import memory_job_service_pb2
@@ -78,7 +78,12 @@ def _params(tenant_id: str, bank_id: str, session_id: str, scope: dict[str, str]
 
 
 async def read(
-    session: AsyncSession, *, tenant_id: str, bank_id: str, session_id: str, scope: dict[str, str]
+    session: AsyncSession | AsyncConnection,
+    *,
+    tenant_id: str,
+    bank_id: str,
+    session_id: str,
+    scope: dict[str, str],
 ) -> memory_job_service_pb2.GenerationWatermark:
     """The watermark; ``event_id`` empty when no generation was applied yet."""
     row = (

@@ -243,6 +243,33 @@ class EdgeIndex:
         keyword_hits = lists.pop(0) if lists else []
         return SearchHits(dense=dense_hits, keyword=keyword_hits)
 
+    async def search_dense_many(
+        self,
+        collection: str,
+        dense: Sequence[npt.NDArray[np.float32]],
+        *,
+        filter: IndexFilter,
+        limit: int,
+    ) -> list[list[Hit]]:
+        """Top ``limit`` by cosine for each vector: one batch, one hop to the index's thread."""
+        if not len(dense):
+            return []
+        shard = self._shard(collection)
+        condition = _edge_filter(filter)
+        batch = qe.QueryBatchRequest(
+            [
+                qe.QueryRequest(
+                    limit=limit,
+                    query=qe.Query.Nearest(vector.tolist(), using=DENSE),
+                    filter=condition,
+                    with_payload=False,
+                )
+                for vector in dense
+            ]
+        )
+        results = await self._call(lambda: shard.query_batch(batch))
+        return [[Hit(_as_uuid(p.id), float(p.score)) for p in result] for result in results]
+
     async def count(self, collection: str, filter: IndexFilter) -> int:
         """Exact number of matching points."""
         shard = self._shard(collection)

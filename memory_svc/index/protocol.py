@@ -165,6 +165,17 @@ class VectorIndex(Protocol):
         """Top ``limit`` points by cosine (``dense``) and by BM25 (``sparse``), filtered."""
         ...
 
+    async def search_dense_many(
+        self,
+        collection: str,
+        dense: Sequence[npt.NDArray[np.float32]],
+        *,
+        filter: IndexFilter,
+        limit: int,
+    ) -> list[list[Hit]]:
+        """Top ``limit`` points by cosine for each vector, filtered, in one batch."""
+        ...
+
     async def count(self, collection: str, filter: IndexFilter) -> int:
         """Number of points matching the filter."""
         ...

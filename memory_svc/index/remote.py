@@ -180,6 +180,32 @@ class RemoteIndex:
         keyword_hits = lists.pop(0) if lists else []
         return SearchHits(dense=dense_hits, keyword=keyword_hits)
 
+    async def search_dense_many(
+        self,
+        collection: str,
+        dense: Sequence[npt.NDArray[np.float32]],
+        *,
+        filter: IndexFilter,
+        limit: int,
+    ) -> list[list[Hit]]:
+        """Top ``limit`` by cosine for each vector, in one batch request."""
+        if not len(dense):
+            return []
+        condition = _filter(filter)
+        responses = await self._client.query_batch_points(
+            collection,
+            requests=[
+                models.QueryRequest(
+                    query=vector.tolist(), using=DENSE, filter=condition, limit=limit
+                )
+                for vector in dense
+            ],
+        )
+        return [
+            [Hit(uuid.UUID(str(p.id)), float(p.score)) for p in response.points]
+            for response in responses
+        ]
+
     async def count(self, collection: str, filter: IndexFilter) -> int:
         """Exact number of matching points."""
         result = await self._client.count(collection, count_filter=_filter(filter), exact=True)

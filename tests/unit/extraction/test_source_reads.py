@@ -78,9 +78,14 @@ _DELIVERY = Delivery(
 )
 
 
+async def _read(services: _Services, job: jobs_pb2.GenerateMemoriesJob) -> Any:
+    handler = _handler(services)
+    return await handler._source(job, _DELIVERY, lambda: handler._watermark(job, _DELIVERY))
+
+
 async def test_whole_session_reads_watermark_and_events_at_once() -> None:
     services = _Services("e1", [["e1", "e2"]])
-    source = await _handler(services)._source(_job(), _DELIVERY)
+    source = await _read(services, _job())
     assert services.both_in_flight
     assert [event.id for event in source.events] == ["e1", "e2"]
     assert (source.expected_watermark, source.watermark) == ("e1", "e2")
@@ -90,7 +95,7 @@ async def test_watermark_past_the_events_read_makes_the_job_read_them_again() ->
     # Another job advanced the watermark to e3 after this job's events read returned e1, e2:
     # applying with watermark e2 would move it backwards. The job reads the events again.
     services = _Services("e3", [["e1", "e2"], ["e1", "e2", "e3"]])
-    source = await _handler(services)._source(_job(), _DELIVERY)
+    source = await _read(services, _job())
     assert [kind for kind, _ in services.calls].count("events") == 2
     assert [event.id for event in source.events] == ["e1", "e2", "e3"]
     assert (source.expected_watermark, source.watermark) == ("e3", "e3")
@@ -98,7 +103,7 @@ async def test_watermark_past_the_events_read_makes_the_job_read_them_again() ->
 
 async def test_only_unprocessed_reads_after_the_watermark() -> None:
     services = _Services("e1", [["e1", "e2", "e3"]])
-    source = await _handler(services)._source(_job(only_unprocessed=True), _DELIVERY)
+    source = await _read(services, _job(only_unprocessed=True))
     assert not services.both_in_flight
     assert services.calls == [("watermark", "s1"), ("events", "e1")]
     assert [event.id for event in source.events] == ["e2", "e3"]

@@ -128,6 +128,33 @@ async def test_dense_and_keyword_search_with_filters(index: VectorIndex) -> None
     assert [h.id.int for h in topics.dense] == [1]
 
 
+async def test_dense_search_of_several_vectors_in_one_batch(index: VectorIndex) -> None:
+    await index.upsert(
+        COLLECTION,
+        [
+            _point(1, "one"),
+            _point(2, "two"),
+            _point(3, "three"),
+            _point(4, "another tenant's", tenant="t2"),
+        ],
+    )
+    alive = _base(alive_at=time.time())
+
+    many = await index.search_dense_many(
+        COLLECTION, [_vector(2), _vector(4), _vector(1)], filter=alive, limit=2
+    )
+
+    assert len(many) == 3
+    for vector, hits in zip([_vector(2), _vector(4), _vector(1)], many, strict=True):
+        single = await index.search(COLLECTION, dense=vector, sparse=None, filter=alive, limit=2)
+        assert [h.id for h in hits] == [h.id for h in single.dense]
+        assert [h.score for h in hits] == pytest.approx([h.score for h in single.dense])
+        assert uuid.UUID(int=4) not in {h.id for h in hits}
+    assert many[0][0].id == uuid.UUID(int=2)
+    assert many[2][0].id == uuid.UUID(int=1)
+    assert await index.search_dense_many(COLLECTION, [], filter=alive, limit=2) == []
+
+
 async def test_upsert_replaces_and_delete_removes(index: VectorIndex) -> None:
     await index.upsert(COLLECTION, [_point(1, "old words")])
     await index.upsert(COLLECTION, [_point(1, "new words")])

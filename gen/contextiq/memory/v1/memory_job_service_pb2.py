@@ -32,7 +32,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,contextiq/memory/v1/memory_job_service.proto\x12\x13\x63ontextiq.memory.v1\x1a\x1e\x63ontextiq/common/v1/auth.proto\x1a contextiq/common/v1/common.proto\x1a$contextiq/memory/v1/generation.proto\x1a contextiq/memory/v1/memory.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"C\n\x11GetJobBankRequest\x12\x17\n\ttenant_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x62\x61nk_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x99\x02\n\x1a\x46indSimilarMemoriesRequest\x12\x17\n\ttenant_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x62\x61nk_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12O\n\x05scope\x18\x03 \x03(\x0b\x32:.contextiq.memory.v1.FindSimilarMemoriesRequest.ScopeEntryB\x04\xe2\x41\x01\x02\x12\x37\n\x05\x66\x61\x63ts\x18\x04 \x03(\x0b\x32\".contextiq.memory.v1.ExtractedFactB\x04\xe2\x41\x01\x02\x12\x13\n\x05top_k\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x01\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\x0fSimilarMemories\x12\x12\n\nfact_index\x18\x01 \x01(\x05\x12-\n\x08memories\x18\x02 \x03(\x0b\x32\x1b.contextiq.memory.v1.Memory\x12\x14\n\x0csimilarities\x18\x03 \x03(\x01\"T\n\x1b\x46indSimilarMemoriesResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.contextiq.memory.v1.SimilarMemories\"\xc6\x04\n\x16\x41pplyGenerationRequest\x12\x1c\n\x0eoperation_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\ttenant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x62\x61nk_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12K\n\x05scope\x18\x04 \x03(\x0b\x32\x36.contextiq.memory.v1.ApplyGenerationRequest.ScopeEntryB\x04\xe2\x41\x01\x02\x12?\n\x07\x61\x63tions\x18\x05 \x03(\x0b\x32(.contextiq.memory.v1.ConsolidationActionB\x04\xe2\x41\x01\x02\x12\x41\n\x0f\x65xtracted_facts\x18\x06 \x03(\x0b\x32\".contextiq.memory.v1.ExtractedFactB\x04\xe2\x41\x01\x01\x12\x1f\n\x11source_session_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\x12;\n\x06\x63onfig\x18\x08 \x01(\x0b\x32%.contextiq.memory.v1.GenerationConfigB\x04\xe2\x41\x01\x01\x12\x34\n\x05usage\x18\t \x01(\x0b\x32\x1f.contextiq.common.v1.TokenUsageB\x04\xe2\x41\x01\x01\x12 \n\x12watermark_event_id\x18\n \x01(\tB\x04\xe2\x41\x01\x01\x12)\n\x1b\x65xpected_watermark_event_id\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xeb\x01\n\x1dGetGenerationWatermarkRequest\x12\x17\n\ttenant_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x62\x61nk_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nsession_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12R\n\x05scope\x18\x04 \x03(\x0b\x32=.contextiq.memory.v1.GetGenerationWatermarkRequest.ScopeEntryB\x04\xe2\x41\x01\x02\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9c\x01\n\x13GenerationWatermark\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x65vent_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1c\n\x0eoperation_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xc8\x02\n\x1eReportOperationProgressRequest\x12\x1c\n\x0eoperation_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\ttenant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05state\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0f\x65xtracted_count\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x34\n\x05usage\x18\x05 \x01(\x0b\x32\x1f.contextiq.common.v1.TokenUsageB\x04\xe2\x41\x01\x01\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x01\x12\x15\n\x07\x61ttempt\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x45\n\x08response\x18\x08 \x01(\x0b\x32-.contextiq.memory.v1.GenerateMemoriesResponseB\x04\xe2\x41\x01\x01\x32\xe2\x04\n\x10MemoryJobService\x12]\n\nGetJobBank\x12&.contextiq.memory.v1.GetJobBankRequest\x1a\x1f.contextiq.memory.v1.MemoryBank\"\x06\xca\xf3\x18\x02\x08\x07\x12\x80\x01\n\x13\x46indSimilarMemories\x12/.contextiq.memory.v1.FindSimilarMemoriesRequest\x1a\x30.contextiq.memory.v1.FindSimilarMemoriesResponse\"\x06\xca\xf3\x18\x02\x08\x07\x12u\n\x0f\x41pplyGeneration\x12+.contextiq.memory.v1.ApplyGenerationRequest\x1a-.contextiq.memory.v1.GenerateMemoriesResponse\"\x06\xca\xf3\x18\x02\x08\x07\x12~\n\x16GetGenerationWatermark\x12\x32.contextiq.memory.v1.GetGenerationWatermarkRequest\x1a(.contextiq.memory.v1.GenerationWatermark\"\x06\xca\xf3\x18\x02\x08\x07\x12u\n\x17ReportOperationProgress\x12\x33.contextiq.memory.v1.ReportOperationProgressRequest\x1a\x1d.google.longrunning.Operation\"\x06\xca\xf3\x18\x02\x08\x07\x42\x32\n\x17\x64\x65v.contextiq.memory.v1B\x15MemoryJobServiceProtoP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,contextiq/memory/v1/memory_job_service.proto\x12\x13\x63ontextiq.memory.v1\x1a\x1e\x63ontextiq/common/v1/auth.proto\x1a contextiq/common/v1/common.proto\x1a$contextiq/memory/v1/generation.proto\x1a contextiq/memory/v1/memory.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"~\n\x19StartGenerationJobRequest\x12\x1c\n\x0eoperation_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\ttenant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05state\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61ttempt\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\"\xcc\x01\n\x1aStartGenerationJobResponse\x12\x36\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.OperationB\x04\xe2\x41\x01\x03\x12\x33\n\x04\x62\x61nk\x18\x02 \x01(\x0b\x32\x1f.contextiq.memory.v1.MemoryBankB\x04\xe2\x41\x01\x03\x12\x41\n\twatermark\x18\x03 \x01(\x0b\x32(.contextiq.memory.v1.GenerationWatermarkB\x04\xe2\x41\x01\x03\"C\n\x11GetJobBankRequest\x12\x17\n\ttenant_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x62\x61nk_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x99\x02\n\x1a\x46indSimilarMemoriesRequest\x12\x17\n\ttenant_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x62\x61nk_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12O\n\x05scope\x18\x03 \x03(\x0b\x32:.contextiq.memory.v1.FindSimilarMemoriesRequest.ScopeEntryB\x04\xe2\x41\x01\x02\x12\x37\n\x05\x66\x61\x63ts\x18\x04 \x03(\x0b\x32\".contextiq.memory.v1.ExtractedFactB\x04\xe2\x41\x01\x02\x12\x13\n\x05top_k\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x01\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\x0fSimilarMemories\x12\x12\n\nfact_index\x18\x01 \x01(\x05\x12-\n\x08memories\x18\x02 \x03(\x0b\x32\x1b.contextiq.memory.v1.Memory\x12\x14\n\x0csimilarities\x18\x03 \x03(\x01\"T\n\x1b\x46indSimilarMemoriesResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.contextiq.memory.v1.SimilarMemories\"\xc6\x04\n\x16\x41pplyGenerationRequest\x12\x1c\n\x0eoperation_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\ttenant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x62\x61nk_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12K\n\x05scope\x18\x04 \x03(\x0b\x32\x36.contextiq.memory.v1.ApplyGenerationRequest.ScopeEntryB\x04\xe2\x41\x01\x02\x12?\n\x07\x61\x63tions\x18\x05 \x03(\x0b\x32(.contextiq.memory.v1.ConsolidationActionB\x04\xe2\x41\x01\x02\x12\x41\n\x0f\x65xtracted_facts\x18\x06 \x03(\x0b\x32\".contextiq.memory.v1.ExtractedFactB\x04\xe2\x41\x01\x01\x12\x1f\n\x11source_session_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\x12;\n\x06\x63onfig\x18\x08 \x01(\x0b\x32%.contextiq.memory.v1.GenerationConfigB\x04\xe2\x41\x01\x01\x12\x34\n\x05usage\x18\t \x01(\x0b\x32\x1f.contextiq.common.v1.TokenUsageB\x04\xe2\x41\x01\x01\x12 \n\x12watermark_event_id\x18\n \x01(\tB\x04\xe2\x41\x01\x01\x12)\n\x1b\x65xpected_watermark_event_id\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xeb\x01\n\x1dGetGenerationWatermarkRequest\x12\x17\n\ttenant_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x62\x61nk_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nsession_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12R\n\x05scope\x18\x04 \x03(\x0b\x32=.contextiq.memory.v1.GetGenerationWatermarkRequest.ScopeEntryB\x04\xe2\x41\x01\x02\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9c\x01\n\x13GenerationWatermark\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x65vent_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1c\n\x0eoperation_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xc8\x02\n\x1eReportOperationProgressRequest\x12\x1c\n\x0eoperation_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\ttenant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05state\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0f\x65xtracted_count\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x34\n\x05usage\x18\x05 \x01(\x0b\x32\x1f.contextiq.common.v1.TokenUsageB\x04\xe2\x41\x01\x01\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x01\x12\x15\n\x07\x61ttempt\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x45\n\x08response\x18\x08 \x01(\x0b\x32-.contextiq.memory.v1.GenerateMemoriesResponseB\x04\xe2\x41\x01\x01\x32\xe1\x05\n\x10MemoryJobService\x12}\n\x12StartGenerationJob\x12..contextiq.memory.v1.StartGenerationJobRequest\x1a/.contextiq.memory.v1.StartGenerationJobResponse\"\x06\xca\xf3\x18\x02\x08\x07\x12]\n\nGetJobBank\x12&.contextiq.memory.v1.GetJobBankRequest\x1a\x1f.contextiq.memory.v1.MemoryBank\"\x06\xca\xf3\x18\x02\x08\x07\x12\x80\x01\n\x13\x46indSimilarMemories\x12/.contextiq.memory.v1.FindSimilarMemoriesRequest\x1a\x30.contextiq.memory.v1.FindSimilarMemoriesResponse\"\x06\xca\xf3\x18\x02\x08\x07\x12u\n\x0f\x41pplyGeneration\x12+.contextiq.memory.v1.ApplyGenerationRequest\x1a-.contextiq.memory.v1.GenerateMemoriesResponse\"\x06\xca\xf3\x18\x02\x08\x07\x12~\n\x16GetGenerationWatermark\x12\x32.contextiq.memory.v1.GetGenerationWatermarkRequest\x1a(.contextiq.memory.v1.GenerationWatermark\"\x06\xca\xf3\x18\x02\x08\x07\x12u\n\x17ReportOperationProgress\x12\x33.contextiq.memory.v1.ReportOperationProgressRequest\x1a\x1d.google.longrunning.Operation\"\x06\xca\xf3\x18\x02\x08\x07\x42\x32\n\x17\x64\x65v.contextiq.memory.v1B\x15MemoryJobServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'contextiq.memory.v1.memory_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\027dev.contextiq.memory.v1B\025MemoryJobServiceProtoP\001'
+  _globals['_STARTGENERATIONJOBREQUEST'].fields_by_name['operation_name']._loaded_options = None
+  _globals['_STARTGENERATIONJOBREQUEST'].fields_by_name['operation_name']._serialized_options = b'\342A\001\002'
+  _globals['_STARTGENERATIONJOBREQUEST'].fields_by_name['tenant_id']._loaded_options = None
+  _globals['_STARTGENERATIONJOBREQUEST'].fields_by_name['tenant_id']._serialized_options = b'\342A\001\002'
+  _globals['_STARTGENERATIONJOBREQUEST'].fields_by_name['state']._loaded_options = None
+  _globals['_STARTGENERATIONJOBREQUEST'].fields_by_name['state']._serialized_options = b'\342A\001\002'
+  _globals['_STARTGENERATIONJOBREQUEST'].fields_by_name['attempt']._loaded_options = None
+  _globals['_STARTGENERATIONJOBREQUEST'].fields_by_name['attempt']._serialized_options = b'\342A\001\001'
+  _globals['_STARTGENERATIONJOBRESPONSE'].fields_by_name['operation']._loaded_options = None
+  _globals['_STARTGENERATIONJOBRESPONSE'].fields_by_name['operation']._serialized_options = b'\342A\001\003'
+  _globals['_STARTGENERATIONJOBRESPONSE'].fields_by_name['bank']._loaded_options = None
+  _globals['_STARTGENERATIONJOBRESPONSE'].fields_by_name['bank']._serialized_options = b'\342A\001\003'
+  _globals['_STARTGENERATIONJOBRESPONSE'].fields_by_name['watermark']._loaded_options = None
+  _globals['_STARTGENERATIONJOBRESPONSE'].fields_by_name['watermark']._serialized_options = b'\342A\001\003'
   _globals['_GETJOBBANKREQUEST'].fields_by_name['tenant_id']._loaded_options = None
   _globals['_GETJOBBANKREQUEST'].fields_by_name['tenant_id']._serialized_options = b'\342A\001\002'
   _globals['_GETJOBBANKREQUEST'].fields_by_name['bank_id']._loaded_options = None
@@ -114,6 +128,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTOPERATIONPROGRESSREQUEST'].fields_by_name['attempt']._serialized_options = b'\342A\001\001'
   _globals['_REPORTOPERATIONPROGRESSREQUEST'].fields_by_name['response']._loaded_options = None
   _globals['_REPORTOPERATIONPROGRESSREQUEST'].fields_by_name['response']._serialized_options = b'\342A\001\001'
+  _globals['_MEMORYJOBSERVICE'].methods_by_name['StartGenerationJob']._loaded_options = None
+  _globals['_MEMORYJOBSERVICE'].methods_by_name['StartGenerationJob']._serialized_options = b'\312\363\030\002\010\007'
   _globals['_MEMORYJOBSERVICE'].methods_by_name['GetJobBank']._loaded_options = None
   _globals['_MEMORYJOBSERVICE'].methods_by_name['GetJobBank']._serialized_options = b'\312\363\030\002\010\007'
   _globals['_MEMORYJOBSERVICE'].methods_by_name['FindSimilarMemories']._loaded_options = None
@@ -124,28 +140,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMORYJOBSERVICE'].methods_by_name['GetGenerationWatermark']._serialized_options = b'\312\363\030\002\010\007'
   _globals['_MEMORYJOBSERVICE'].methods_by_name['ReportOperationProgress']._loaded_options = None
   _globals['_MEMORYJOBSERVICE'].methods_by_name['ReportOperationProgress']._serialized_options = b'\312\363\030\002\010\007'
-  _globals['_GETJOBBANKREQUEST']._serialized_start=335
-  _globals['_GETJOBBANKREQUEST']._serialized_end=402
-  _globals['_FINDSIMILARMEMORIESREQUEST']._serialized_start=405
-  _globals['_FINDSIMILARMEMORIESREQUEST']._serialized_end=686
-  _globals['_FINDSIMILARMEMORIESREQUEST_SCOPEENTRY']._serialized_start=642
-  _globals['_FINDSIMILARMEMORIESREQUEST_SCOPEENTRY']._serialized_end=686
-  _globals['_SIMILARMEMORIES']._serialized_start=688
-  _globals['_SIMILARMEMORIES']._serialized_end=794
-  _globals['_FINDSIMILARMEMORIESRESPONSE']._serialized_start=796
-  _globals['_FINDSIMILARMEMORIESRESPONSE']._serialized_end=880
-  _globals['_APPLYGENERATIONREQUEST']._serialized_start=883
-  _globals['_APPLYGENERATIONREQUEST']._serialized_end=1465
-  _globals['_APPLYGENERATIONREQUEST_SCOPEENTRY']._serialized_start=642
-  _globals['_APPLYGENERATIONREQUEST_SCOPEENTRY']._serialized_end=686
-  _globals['_GETGENERATIONWATERMARKREQUEST']._serialized_start=1468
-  _globals['_GETGENERATIONWATERMARKREQUEST']._serialized_end=1703
-  _globals['_GETGENERATIONWATERMARKREQUEST_SCOPEENTRY']._serialized_start=642
-  _globals['_GETGENERATIONWATERMARKREQUEST_SCOPEENTRY']._serialized_end=686
-  _globals['_GENERATIONWATERMARK']._serialized_start=1706
-  _globals['_GENERATIONWATERMARK']._serialized_end=1862
-  _globals['_REPORTOPERATIONPROGRESSREQUEST']._serialized_start=1865
-  _globals['_REPORTOPERATIONPROGRESSREQUEST']._serialized_end=2193
-  _globals['_MEMORYJOBSERVICE']._serialized_start=2196
-  _globals['_MEMORYJOBSERVICE']._serialized_end=2806
+  _globals['_STARTGENERATIONJOBREQUEST']._serialized_start=335
+  _globals['_STARTGENERATIONJOBREQUEST']._serialized_end=461
+  _globals['_STARTGENERATIONJOBRESPONSE']._serialized_start=464
+  _globals['_STARTGENERATIONJOBRESPONSE']._serialized_end=668
+  _globals['_GETJOBBANKREQUEST']._serialized_start=670
+  _globals['_GETJOBBANKREQUEST']._serialized_end=737
+  _globals['_FINDSIMILARMEMORIESREQUEST']._serialized_start=740
+  _globals['_FINDSIMILARMEMORIESREQUEST']._serialized_end=1021
+  _globals['_FINDSIMILARMEMORIESREQUEST_SCOPEENTRY']._serialized_start=977
+  _globals['_FINDSIMILARMEMORIESREQUEST_SCOPEENTRY']._serialized_end=1021
+  _globals['_SIMILARMEMORIES']._serialized_start=1023
+  _globals['_SIMILARMEMORIES']._serialized_end=1129
+  _globals['_FINDSIMILARMEMORIESRESPONSE']._serialized_start=1131
+  _globals['_FINDSIMILARMEMORIESRESPONSE']._serialized_end=1215
+  _globals['_APPLYGENERATIONREQUEST']._serialized_start=1218
+  _globals['_APPLYGENERATIONREQUEST']._serialized_end=1800
+  _globals['_APPLYGENERATIONREQUEST_SCOPEENTRY']._serialized_start=977
+  _globals['_APPLYGENERATIONREQUEST_SCOPEENTRY']._serialized_end=1021
+  _globals['_GETGENERATIONWATERMARKREQUEST']._serialized_start=1803
+  _globals['_GETGENERATIONWATERMARKREQUEST']._serialized_end=2038
+  _globals['_GETGENERATIONWATERMARKREQUEST_SCOPEENTRY']._serialized_start=977
+  _globals['_GETGENERATIONWATERMARKREQUEST_SCOPEENTRY']._serialized_end=1021
+  _globals['_GENERATIONWATERMARK']._serialized_start=2041
+  _globals['_GENERATIONWATERMARK']._serialized_end=2197
+  _globals['_REPORTOPERATIONPROGRESSREQUEST']._serialized_start=2200
+  _globals['_REPORTOPERATIONPROGRESSREQUEST']._serialized_end=2528
+  _globals['_MEMORYJOBSERVICE']._serialized_start=2531
+  _globals['_MEMORYJOBSERVICE']._serialized_end=3268
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from contextiq.common.v1 import common_pb2 as _common_pb2
 from contextiq.memory.v1 import generation_pb2 as _generation_pb2
 from contextiq.memory.v1 import memory_pb2 as _memory_pb2
+from google.longrunning import operations_pb2 as _operations_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -22,6 +23,78 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class StartGenerationJobRequest(_message.Message):
+    """Request of StartGenerationJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_NAME_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    operation_name: _builtins.str
+    """The operation, "operations/ID" (a memory generation)."""
+    tenant_id: _builtins.str
+    """The tenant."""
+    state: _builtins.str
+    """The job's first state: "extracting", or "consolidating" for inline facts."""
+    attempt: _builtins.int
+    """Delivery attempt of the job."""
+    def __init__(
+        self,
+        *,
+        operation_name: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "operation_name", b"operation_name", "state", b"state", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartGenerationJobRequest: _TypeAlias = StartGenerationJobRequest  # noqa: Y015
+
+@_typing.final
+class StartGenerationJobResponse(_message.Message):
+    """Response of StartGenerationJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
+    WATERMARK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operation(self) -> _operations_pb2.Operation:
+        """The operation after the report; when done, the job stops."""
+
+    @_builtins.property
+    def bank(self) -> _memory_pb2.MemoryBank:
+        """The effective configuration of the operation's bank; unset when the operation is done."""
+
+    @_builtins.property
+    def watermark(self) -> Global___GenerationWatermark:
+        """For a session source, the session's generation watermark of the operation's bank and
+        scope (its event_id empty when no generation was applied yet); unset otherwise.
+        """
+
+    def __init__(
+        self,
+        *,
+        operation: _operations_pb2.Operation | None = ...,
+        bank: _memory_pb2.MemoryBank | None = ...,
+        watermark: Global___GenerationWatermark | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "operation", b"operation", "watermark", b"watermark"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "operation", b"operation", "watermark", b"watermark"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartGenerationJobResponse: _TypeAlias = StartGenerationJobResponse  # noqa: Y015
 
 @_typing.final
 class GetJobBankRequest(_message.Message):

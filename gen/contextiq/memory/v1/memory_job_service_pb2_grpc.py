@@ -39,6 +39,11 @@ class MemoryJobServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.StartGenerationJob = channel.unary_unary(
+                '/contextiq.memory.v1.MemoryJobService/StartGenerationJob',
+                request_serializer=contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.StartGenerationJobRequest.SerializeToString,
+                response_deserializer=contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.StartGenerationJobResponse.FromString,
+                _registered_method=True)
         self.GetJobBank = channel.unary_unary(
                 '/contextiq.memory.v1.MemoryJobService/GetJobBank',
                 request_serializer=contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.GetJobBankRequest.SerializeToString,
@@ -70,6 +75,17 @@ class MemoryJobServiceServicer:
     """Internal RPCs the generation worker uses; not exposed over REST. Callers act for the tenant
     named in each request and need the service (ADMIN) permission.
     """
+
+    def StartGenerationJob(self, request, context):
+        """Starts a delivery of a generation job: records its first progress report (as
+        ReportOperationProgress does) and returns what the job needs to begin, in one call: the
+        operation, the effective configuration of its bank and, for a session source, the
+        session's generation watermark. When the operation has ended already (done, failed,
+        cancelled), only the operation is set and the job must stop.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def GetJobBank(self, request, context):
         """Gets a bank's effective configuration for a tenant (the default bank when it was never
@@ -113,6 +129,11 @@ class MemoryJobServiceServicer:
 
 def add_MemoryJobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'StartGenerationJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartGenerationJob,
+                    request_deserializer=contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.StartGenerationJobRequest.FromString,
+                    response_serializer=contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.StartGenerationJobResponse.SerializeToString,
+            ),
             'GetJobBank': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJobBank,
                     request_deserializer=contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.GetJobBankRequest.FromString,
@@ -150,6 +171,33 @@ class MemoryJobService:
     """Internal RPCs the generation worker uses; not exposed over REST. Callers act for the tenant
     named in each request and need the service (ADMIN) permission.
     """
+
+    @staticmethod
+    def StartGenerationJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contextiq.memory.v1.MemoryJobService/StartGenerationJob',
+            contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.StartGenerationJobRequest.SerializeToString,
+            contextiq_dot_memory_dot_v1_dot_memory__job__service__pb2.StartGenerationJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def GetJobBank(request,

@@ -38,6 +38,13 @@ class MemoryJobServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MemoryJobServiceAsyncStub: ...
+    StartGenerationJob: _grpc.UnaryUnaryMultiCallable[_memory_job_service_pb2.StartGenerationJobRequest, _memory_job_service_pb2.StartGenerationJobResponse]
+    """Starts a delivery of a generation job: records its first progress report (as
+    ReportOperationProgress does) and returns what the job needs to begin, in one call: the
+    operation, the effective configuration of its bank and, for a session source, the
+    session's generation watermark. When the operation has ended already (done, failed,
+    cancelled), only the operation is set and the job must stop.
+    """
     GetJobBank: _grpc.UnaryUnaryMultiCallable[_memory_job_service_pb2.GetJobBankRequest, _memory_pb2.MemoryBank]
     """Gets a bank's effective configuration for a tenant (the default bank when it was never
     configured).
@@ -64,6 +71,13 @@ class MemoryJobServiceAsyncStub(MemoryJobServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    StartGenerationJob: _aio.UnaryUnaryMultiCallable[_memory_job_service_pb2.StartGenerationJobRequest, _memory_job_service_pb2.StartGenerationJobResponse]  # type: ignore[assignment]
+    """Starts a delivery of a generation job: records its first progress report (as
+    ReportOperationProgress does) and returns what the job needs to begin, in one call: the
+    operation, the effective configuration of its bank and, for a session source, the
+    session's generation watermark. When the operation has ended already (done, failed,
+    cancelled), only the operation is set and the job must stop.
+    """
     GetJobBank: _aio.UnaryUnaryMultiCallable[_memory_job_service_pb2.GetJobBankRequest, _memory_pb2.MemoryBank]  # type: ignore[assignment]
     """Gets a bank's effective configuration for a tenant (the default bank when it was never
     configured).
@@ -87,6 +101,19 @@ class MemoryJobServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal RPCs the generation worker uses; not exposed over REST. Callers act for the tenant
     named in each request and need the service (ADMIN) permission.
     """
+
+    @_abc_1.abstractmethod
+    def StartGenerationJob(
+        self,
+        request: _memory_job_service_pb2.StartGenerationJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_job_service_pb2.StartGenerationJobResponse, _abc.Awaitable[_memory_job_service_pb2.StartGenerationJobResponse]]:
+        """Starts a delivery of a generation job: records its first progress report (as
+        ReportOperationProgress does) and returns what the job needs to begin, in one call: the
+        operation, the effective configuration of its bank and, for a session source, the
+        session's generation watermark. When the operation has ended already (done, failed,
+        cancelled), only the operation is set and the job must stop.
+        """
 
     @_abc_1.abstractmethod
     def GetJobBank(

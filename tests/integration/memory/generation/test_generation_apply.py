@@ -25,8 +25,10 @@ from contextiq.memory.v1 import (
 from tests.auth_helpers import bearer
 from tests.integration.memory.conftest import create, field_of, reason_of, search
 from tests.integration.memory.generation.conftest import (
+    GenServer,
     Metadata,
     facts_request,
+    new_session,
     unpack_metadata,
     unpack_response,
 )
@@ -435,6 +437,131 @@ async def test_watermark_compare_and_set(
     assert "e9" in (info.value.details() or "")
 
 
+# ----------------------------------------------------------------------------- job start
+
+
+async def test_start_reports_the_first_state_with_bank_and_watermark(
+    mem: MemStub,
+    jobs: JobStub,
+    ops: operations_pb2_grpc.OperationsStub,
+    who: Metadata,
+    tenant: str,
+    gen_server: GenServer,
+) -> None:
+    session = await new_session(gen_server.sessions, who, user_id="u1")
+    generate = gp.GenerateMemoriesRequest(
+        source_type="session",
+        source_reference=session.id,
+        config=gp.GenerationConfig(model="openai/scripted"),
+    )
+    first = str((await mem.GenerateMemories(generate, metadata=who)).name)
+    start = jb.StartGenerationJobRequest(
+        operation_name=first, tenant_id=tenant, state="extracting", attempt=2
+    )
+
+    started = await jobs.StartGenerationJob(start, metadata=who)
+
+    assert not started.operation.done
+    assert (
+        unpack_metadata(started.operation).state,
+        unpack_metadata(started.operation).attempt,
+    ) == ("extracting", 2)
+    assert unpack_metadata(await get_op(ops, who, first)).state == "extracting"
+    assert started.bank.id == "default"
+    assert list(started.bank.scope_keys) == list(
+        (await jobs.GetJobBank(jb.GetJobBankRequest(tenant_id=tenant), metadata=who)).scope_keys
+    )
+    assert started.HasField("watermark")
+    assert (started.watermark.session_id, started.watermark.event_id) == (session.id, "")
+    # The watermark is the one of the operation's bank, session and scope.
+    await jobs.ApplyGeneration(
+        apply_request(
+            tenant,
+            first,
+            action("CREATE", fact="The user likes tea."),
+            source_session_id=session.id,
+            watermark_event_id="e3",
+        ),
+        metadata=who,
+    )
+    second = str((await mem.GenerateMemories(generate, metadata=who)).name)
+    again = await jobs.StartGenerationJob(
+        jb.StartGenerationJobRequest(operation_name=second, tenant_id=tenant, state="extracting"),
+        metadata=who,
+    )
+    assert (again.watermark.event_id, again.watermark.operation_name) == ("e3", first)
+    # A finished operation: only the operation, and the job must stop.
+    over = await jobs.StartGenerationJob(start, metadata=who)
+    assert over.operation.done
+    assert not over.HasField("bank")
+    assert not over.HasField("watermark")
+
+
+async def test_start_of_inline_facts_has_no_watermark_and_a_cancelled_one_is_over(
+    mem: MemStub, jobs: JobStub, ops: operations_pb2_grpc.OperationsStub, who: Metadata, tenant: str
+) -> None:
+    operation = await new_operation(mem, who)
+    start = jb.StartGenerationJobRequest(
+        operation_name=operation, tenant_id=tenant, state="consolidating"
+    )
+    started = await jobs.StartGenerationJob(start, metadata=who)
+    assert unpack_metadata(started.operation).state == "consolidating"
+    assert started.bank.id == "default"
+    assert not started.HasField("watermark")
+
+    cancelled = await new_operation(mem, who)
+    await jobs.ReportOperationProgress(
+        jb.ReportOperationProgressRequest(
+            operation_name=cancelled, tenant_id=tenant, state="extracting"
+        ),
+        metadata=who,
+    )
+    await ops.CancelOperation(operations_pb2.CancelOperationRequest(name=cancelled), metadata=who)
+    over = await jobs.StartGenerationJob(
+        jb.StartGenerationJobRequest(
+            operation_name=cancelled, tenant_id=tenant, state="consolidating"
+        ),
+        metadata=who,
+    )
+    assert over.operation.done
+    assert over.operation.error.code == code_pb2.CANCELLED
+    assert not over.HasField("bank")
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "field"),
+    [
+        ({"state": "applying"}, grpc.StatusCode.INVALID_ARGUMENT, "state"),
+        ({"state": ""}, grpc.StatusCode.INVALID_ARGUMENT, "state"),
+        ({"operation_name": ""}, grpc.StatusCode.INVALID_ARGUMENT, "operation_name"),
+        ({"operation_name": "operations/nope"}, grpc.StatusCode.NOT_FOUND, None),
+        ({"operation_name": f"operations/{uuid.uuid4()}"}, grpc.StatusCode.NOT_FOUND, None),
+    ],
+)
+async def test_bad_starts(
+    mem: MemStub,
+    jobs: JobStub,
+    ops: operations_pb2_grpc.OperationsStub,
+    who: Metadata,
+    tenant: str,
+    fields: dict[str, str],
+    code: grpc.StatusCode,
+    field: str | None,
+) -> None:
+    operation = await new_operation(mem, who)
+    request = jb.StartGenerationJobRequest(
+        operation_name=operation, tenant_id=tenant, state="consolidating"
+    )
+    for key, value in fields.items():
+        setattr(request, key, value)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await jobs.StartGenerationJob(request, metadata=who)
+    assert info.value.code() == code
+    if field is not None:
+        assert field_of(info.value) == field
+    assert unpack_metadata(await get_op(ops, who, operation)).state == "queued"
+
+
 # ---------------------------------------------------------------------------------- progress
 
 
@@ -564,6 +691,7 @@ async def test_bad_progress_reports(
 @pytest.mark.parametrize(
     "rpc",
     [
+        "StartGenerationJob",
         "GetJobBank",
         "FindSimilarMemories",
         "ApplyGeneration",
@@ -583,6 +711,9 @@ async def test_job_service_acts_only_for_the_credential_tenant(
     await create(mem, who, "The tenant's secret.")
     intruder = bearer(f"intruder-{uuid.uuid4().hex[:8]}")
     requests: dict[str, Any] = {
+        "StartGenerationJob": jb.StartGenerationJobRequest(
+            operation_name=operation, tenant_id=tenant, state="consolidating"
+        ),
         "GetJobBank": jb.GetJobBankRequest(tenant_id=tenant),
         "FindSimilarMemories": jb.FindSimilarMemoriesRequest(
             tenant_id=tenant, scope=SCOPE, facts=[memory_pb2.ExtractedFact(fact="secret")]
