@@ -26,7 +26,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ciq_runtime.embedded import EmbeddedNats
-from contextiq.memory.v1 import generation_pb2, memory_service_pb2_grpc
+from contextiq.memory.v1 import generation_pb2, memory_service_pb2, memory_service_pb2_grpc
 from contextiq.sessions.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 from tests.auth_helpers import TEST_JWT_SECRET, bearer
 from tests.helpers import free_port
@@ -251,16 +251,33 @@ class Cluster:
     async def wait_state(
         self, tenant: str, names: list[str], states: set[str], *, within_s: float = 60.0
     ) -> str:
-        """Poll until one of the operations reaches one of ``states``; returns its name."""
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            for name in names:
+        """Follow the operations' progress streams until one reaches one of ``states`` (a
+        stream delivers every state, even one that lasts milliseconds); returns its name."""
+        stub = memory_service_pb2_grpc.MemoryServiceStub(self._channel("memory"))
+
+        async def follow(name: str) -> str:
+            async for operation in stub.WatchOperation(
+                memory_service_pb2.WatchOperationRequest(name=name), metadata=bearer(tenant)
+            ):
                 metadata = generation_pb2.GenerateMemoriesMetadata()
-                (await self.operation(tenant, name)).metadata.Unpack(metadata)
+                operation.metadata.Unpack(metadata)
                 if metadata.state in states:
                     return name
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no operation reached {states}")
+            await asyncio.Event().wait()  # ended without reaching one: let the others answer
+            raise AssertionError("unreachable")
+
+        watches = [asyncio.ensure_future(follow(name)) for name in names]
+        try:
+            done, _ = await asyncio.wait(
+                watches, timeout=within_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                raise AssertionError(f"no operation reached {states}")
+            return next(iter(done)).result()
+        finally:
+            for watch in watches:
+                watch.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
 
     async def counts(self, tenant: str) -> dict[str, int]:
         """Rows in Postgres: memories, distinct (scope, fact), revisions, dead letters."""
