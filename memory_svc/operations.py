@@ -201,43 +201,16 @@ class OperationStore:
         request_id: str | None,
         now: datetime,
         attempt: int = 0,
-    ) -> tuple[operations_pb2.Operation, bool]:
+    ) -> tuple[Any, bool]:
         """Insert an operation unless the tenant already has one with ``request_id``.
 
         Concurrent retries with the same key are serialised by the unique index: the loser
         waits for the winner's commit and then gets the winner's operation.
 
         Returns:
-            The operation and whether this call inserted it.
+            The operation's row (the one inserted, or the one created earlier with
+            ``request_id``) and whether this call inserted it.
         """
-        row, inserted = await OperationStore.create_row_once(
-            session,
-            tenant_id=tenant_id,
-            kind=kind,
-            bank_id=bank_id,
-            metadata=metadata,
-            request=request,
-            request_id=request_id,
-            now=now,
-            attempt=attempt,
-        )
-        return to_proto(row), inserted
-
-    @staticmethod
-    async def create_row_once(
-        session: AsyncSession,
-        *,
-        tenant_id: str,
-        kind: str,
-        bank_id: str,
-        metadata: Message,
-        request: Message,
-        request_id: str | None,
-        now: datetime,
-        attempt: int = 0,
-    ) -> tuple[Any, bool]:
-        """:meth:`create_once`, returning the operation's row (the inserted one, or the one
-        created earlier with ``request_id``) instead of its message."""
         name = f"{_PREFIX}{uuid.uuid4()}"
         values = {
             "p_name": name,

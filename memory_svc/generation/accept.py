@@ -86,7 +86,7 @@ class Acceptor:
             dry_run=accepted.config.dry_run,
         )
         async with transaction(b.sessions) as session:
-            row, inserted = await OperationStore.create_row_once(
+            row, inserted = await OperationStore.create_once(
                 session,
                 tenant_id=tenant_id,
                 kind=KIND,

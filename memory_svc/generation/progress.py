@@ -34,7 +34,7 @@ from memory_svc.generation.apply import finish_cancelled, load_operation, metada
 from memory_svc.generation.states import DONE, FAILED, RANK, REPORTABLE
 from memory_svc.operations import OPERATIONS_CHANNEL, OperationStore, pack, to_proto
 
-__all__ = ["RecentOperations", "report_progress", "report_progress_row"]
+__all__ = ["RecentOperations", "report_progress"]
 
 o = models.operations
 #: Optimistic attempts before falling back to a locking transaction.
@@ -127,8 +127,8 @@ async def report_progress(
     request: memory_job_service_pb2.ReportOperationProgressRequest,
     *,
     recent: RecentOperations | None = None,
-) -> operations_pb2.Operation:
-    """Record a progress report; returns the operation as it now stands.
+) -> tuple[operations_pb2.Operation, Any]:
+    """Record a progress report; returns the operation as it now stands and its row.
 
     Args:
         backend: The memory backend.
@@ -137,18 +137,6 @@ async def report_progress(
         recent: Rows of running operations this process wrote last (see
             :class:`RecentOperations`); None reads the row for every report.
     """
-    operation, _ = await report_progress_row(backend, tenant_id, request, recent=recent)
-    return operation
-
-
-async def report_progress_row(
-    backend: Backend,
-    tenant_id: str,
-    request: memory_job_service_pb2.ReportOperationProgressRequest,
-    *,
-    recent: RecentOperations | None = None,
-) -> tuple[operations_pb2.Operation, Any]:
-    """:func:`report_progress`, also returning the operation's row as the report left it."""
     if request.state not in REPORTABLE:
         raise InvalidArgument(f"state must be one of {', '.join(REPORTABLE)}", field="state")
     if request.extracted_count < 0:

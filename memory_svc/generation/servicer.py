@@ -22,11 +22,7 @@ from memory_svc.generation.accept import KIND, Acceptor
 from memory_svc.generation.apply import Applier
 from memory_svc.generation.lifecycle import Lifecycle, OperationWaiter
 from memory_svc.generation.outbox import Relay
-from memory_svc.generation.progress import (
-    RecentOperations,
-    report_progress,
-    report_progress_row,
-)
+from memory_svc.generation.progress import RecentOperations, report_progress
 from memory_svc.generation.requests import SessionLookup
 from memory_svc.generation.similar import find_similar
 from memory_svc.generation.states import CONSOLIDATING, EXTRACTING
@@ -104,7 +100,7 @@ class MemoryJobServicer(memory_job_service_pb2_grpc.MemoryJobServiceServicer):
         tenant_id = acting_tenant(request.tenant_id)
         if request.state not in _FIRST_STATES:
             raise InvalidArgument(f"state must be one of {', '.join(_FIRST_STATES)}", field="state")
-        operation, row = await report_progress_row(
+        operation, row = await report_progress(
             self._b,
             tenant_id,
             memory_job_service_pb2.ReportOperationProgressRequest(
@@ -185,6 +181,7 @@ class MemoryJobServicer(memory_job_service_pb2_grpc.MemoryJobServiceServicer):
         self, request: memory_job_service_pb2.ReportOperationProgressRequest, context: Any
     ) -> operations_pb2.Operation:
         """Record the worker's progress."""
-        return await report_progress(
+        operation, _ = await report_progress(
             self._b, acting_tenant(request.tenant_id), request, recent=self._g.operations
         )
+        return operation

@@ -193,7 +193,7 @@ class Learning:
             updated_at=timestamp(now),
         )
         async with transaction(b.sessions) as session:
-            operation, inserted = await OperationStore.create_once(
+            row, inserted = await OperationStore.create_once(
                 session,
                 tenant_id=tenant_id,
                 kind=KIND,
@@ -206,7 +206,7 @@ class Learning:
             enqueued = None
             if inserted:
                 job = jobs_pb2.LearnProceduralJob(
-                    operation_name=operation.name,
+                    operation_name=row.name,
                     tenant_id=tenant_id,
                     request=accepted,
                     enqueued_at=timestamp(now),
@@ -216,7 +216,7 @@ class Learning:
                 )
         if enqueued is not None:
             self.dispatch(enqueued)
-        return operation
+        return to_proto(row)
 
     # ------------------------------------------------------------------ the worker's calls
 
