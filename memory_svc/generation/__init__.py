@@ -2,7 +2,7 @@
 
 * :mod:`.requests` validates GenerateMemories and resolves its scope (a session source is
   looked up in SessionService with the caller's credentials);
-* :mod:`.accept` writes the operation and its job (:func:`.outbox.enqueue`) in one
+* :mod:`.accept` writes the operation and its job (:func:`.outbox.create_with_job`) in one
   transaction, and :class:`.outbox.Relay` publishes the jobs to JetStream (``Nats-Msg-Id`` =
   operation name);
 * :mod:`.apply` applies a job's consolidation actions in one idempotent transaction;

@@ -7,7 +7,6 @@ from typing import Any, Final
 
 from google.longrunning import operations_pb2
 
-from ciq_runtime.db import transaction
 from contextiq.memory.v1 import generation_pb2
 from memory_svc.backend import Backend
 from memory_svc.convert import timestamp
@@ -85,30 +84,19 @@ class Acceptor:
             scope=scope,
             dry_run=accepted.config.dry_run,
         )
-        async with transaction(b.sessions) as session:
-            row, inserted = await OperationStore.create_once(
-                session,
-                tenant_id=tenant_id,
-                kind=KIND,
-                bank_id=bank.id,
-                metadata=metadata,
-                request=accepted,
-                request_id=request.request_id or None,
-                now=now,
-            )
-            enqueued = None
-            if inserted:
-                enqueued = await outbox.enqueue(
-                    session,
-                    job=outbox.job_of(
-                        operation_name=row.name,
-                        tenant_id=tenant_id,
-                        request=accepted,
-                        now=now,
-                    ),
-                    now=now,
-                    dispatched=True,
-                )
+        row, enqueued = await outbox.create_with_job(
+            b.sessions,
+            tenant_id=tenant_id,
+            kind=KIND,
+            bank_id=bank.id,
+            metadata=metadata,
+            request=accepted,
+            request_id=request.request_id or None,
+            now=now,
+            job=lambda name: outbox.job_of(
+                operation_name=name, tenant_id=tenant_id, request=accepted, now=now
+            ),
+        )
         if enqueued is not None:
             self._remember(row)
             self._dispatch(enqueued)

@@ -34,8 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ciq_runtime.db import transaction
 from contextiq.extraction.v1 import jobs_pb2
 from memory_svc.generation.tables import generation_outbox
+from memory_svc.operations import OperationStore
 
-__all__ = ["GENERATE_SUBJECT", "LEARN_SUBJECT", "Enqueued", "Relay", "enqueue"]
+__all__ = ["GENERATE_SUBJECT", "LEARN_SUBJECT", "Enqueued", "Relay", "create_with_job", "enqueue"]
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +99,13 @@ async def enqueue(
     job: jobs_pb2.GenerateMemoriesJob | jobs_pb2.LearnProceduralJob,
     now: datetime,
     subject: str = GENERATE_SUBJECT,
-    dispatched: bool = False,
 ) -> Enqueued:
     """Add the job (published on ``subject``) to the outbox inside the caller's transaction.
 
     The current trace context (the accepting request's) is stored with it and travels as
-    message headers, so the worker's spans join the request's trace. ``dispatched``: the
-    caller hands the job to :meth:`Relay.dispatch` after its commit, so the relay waits
-    :data:`DISPATCH_GRACE` before it publishes the row.
+    message headers, so the worker's spans join the request's trace. The caller hands the
+    returned job to :meth:`Relay.dispatch` after its commit, so the relay waits
+    :data:`DISPATCH_GRACE` before it publishes the row itself.
     """
     headers: dict[str, str] = {}
     propagate.inject(headers)
@@ -118,10 +118,50 @@ async def enqueue(
             "p_payload": job.SerializeToString(),
             "p_headers": headers,
             "p_created_at": now,
-            "p_grace": DISPATCH_GRACE if dispatched else timedelta(0),
+            "p_grace": DISPATCH_GRACE,
         },
     )
     return Enqueued(subject=subject, job=job, headers=headers)
+
+
+async def create_with_job(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    tenant_id: str,
+    kind: str,
+    bank_id: str,
+    metadata: Message,
+    request: Message,
+    request_id: str | None,
+    now: datetime,
+    job: Callable[[str], jobs_pb2.GenerateMemoriesJob | jobs_pb2.LearnProceduralJob],
+    subject: str = GENERATE_SUBJECT,
+) -> tuple[Any, Enqueued | None]:
+    """Commit an operation and the outbox row of its job in one transaction.
+
+    ``job`` builds the job from the new operation's name. With a ``request_id`` the tenant
+    used before, the earlier operation's row comes back and nothing is enqueued. Otherwise the
+    caller hands the returned :class:`Enqueued` to :meth:`Relay.dispatch` (the row waits
+    :data:`DISPATCH_GRACE` for it).
+
+    Returns:
+        The operation's row, and the enqueued job (None when the operation existed).
+    """
+    async with transaction(sessions) as session:
+        row, inserted = await OperationStore.create_once(
+            session,
+            tenant_id=tenant_id,
+            kind=kind,
+            bank_id=bank_id,
+            metadata=metadata,
+            request=request,
+            request_id=request_id,
+            now=now,
+        )
+        enqueued = None
+        if inserted:
+            enqueued = await enqueue(session, job=job(row.name), now=now, subject=subject)
+    return row, enqueued
 
 
 def job_of(
@@ -176,7 +216,7 @@ class Relay:
 
         Saves the relay's wake-up and read of the row on the way to the worker. The row stays
         the source of truth: it is deleted after the PubAck, and the relay leaves it alone for
-        :data:`DISPATCH_GRACE` (enqueued with ``dispatched``), then publishes whatever is left.
+        :data:`DISPATCH_GRACE`, then publishes whatever is left.
         """
         if not self._connected():
             return  # the relay publishes it once NATS is back

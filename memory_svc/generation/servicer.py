@@ -18,7 +18,7 @@ from contextiq.memory.v1 import (
 )
 from memory_svc.backend import Backend
 from memory_svc.generation import watermarks
-from memory_svc.generation.accept import KIND, Acceptor
+from memory_svc.generation.accept import Acceptor
 from memory_svc.generation.apply import Applier
 from memory_svc.generation.lifecycle import Lifecycle, OperationWaiter
 from memory_svc.generation.outbox import Relay
@@ -114,11 +114,6 @@ class MemoryJobServicer(memory_job_service_pb2_grpc.MemoryJobServiceServicer):
         response = memory_job_service_pb2.StartGenerationJobResponse(operation=operation)
         if operation.done:
             return response
-        if row.kind != KIND:
-            raise InvalidArgument(
-                f"operation {request.operation_name!r} is not a memory generation",
-                field="operation_name",
-            )
         accepted = generation_pb2.GenerateMemoriesRequest.FromString(row.request or b"")
         bank = await self._b.bank(tenant_id=tenant_id, bank_id=row.bank_id)
         response.bank.CopyFrom(bank.message)

@@ -192,28 +192,23 @@ class Learning:
             created_at=timestamp(now),
             updated_at=timestamp(now),
         )
-        async with transaction(b.sessions) as session:
-            row, inserted = await OperationStore.create_once(
-                session,
+        row, enqueued = await outbox.create_with_job(
+            b.sessions,
+            tenant_id=tenant_id,
+            kind=KIND,
+            bank_id="default",
+            metadata=metadata,
+            request=accepted,
+            request_id=request_id,
+            now=now,
+            job=lambda name: jobs_pb2.LearnProceduralJob(
+                operation_name=name,
                 tenant_id=tenant_id,
-                kind=KIND,
-                bank_id="default",
-                metadata=metadata,
                 request=accepted,
-                request_id=request_id,
-                now=now,
-            )
-            enqueued = None
-            if inserted:
-                job = jobs_pb2.LearnProceduralJob(
-                    operation_name=row.name,
-                    tenant_id=tenant_id,
-                    request=accepted,
-                    enqueued_at=timestamp(now),
-                )
-                enqueued = await outbox.enqueue(
-                    session, job=job, now=now, subject=outbox.LEARN_SUBJECT, dispatched=True
-                )
+                enqueued_at=timestamp(now),
+            ),
+            subject=outbox.LEARN_SUBJECT,
+        )
         if enqueued is not None:
             self.dispatch(enqueued)
         return to_proto(row)
