@@ -32,6 +32,10 @@ COPY extraction_svc/ extraction_svc/
 COPY gateway/ gateway/
 RUN python -m pip install --no-deps --no-build-isolation . \
     && python -c "import ciq_runtime.migrate, sessions_svc, memory_svc, extraction_svc, gateway, contextiq"
+# The local embedding model, prepared for int8 arithmetic ahead (memory_svc.embedding_model):
+# pods then load it from the image instead of deriving it at start.
+ENV CONTEXTIQ_MODEL_CACHE=/opt/contextiq/models
+RUN python -m memory_svc.embedding_model
 
 FROM ${PYTHON_IMAGE}
 # A fixed non-root uid/gid (the chart's podSecurityContext uses the same), no login, no home.
@@ -39,6 +43,7 @@ RUN groupadd --system --gid 10001 contextiq \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin contextiq
 COPY --from=build /opt/contextiq/venv /opt/contextiq/venv
+COPY --from=build /opt/contextiq/models /opt/contextiq/models
 # The root filesystem may be read-only (it is under the chart): bytecode was compiled at
 # install time, caches and the data dir go to /tmp (an emptyDir in Kubernetes).
 ENV PATH=/opt/contextiq/venv/bin:$PATH \
@@ -46,6 +51,7 @@ ENV PATH=/opt/contextiq/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     XDG_CACHE_HOME=/tmp/.cache \
+    CONTEXTIQ_MODEL_CACHE=/opt/contextiq/models \
     CONTEXTIQ_DATA_DIR=/tmp/contextiq \
     CONTEXTIQ_GRPC_HOST=0.0.0.0 \
     CONTEXTIQ_HTTP_HOST=0.0.0.0 \

@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m memory_svc.embedding_model
 	@touch $@
 
 setup: $(STAMP) ## Create .venv and install the pinned dependencies (requirements.lock)

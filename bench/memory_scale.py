@@ -12,8 +12,9 @@
    measured call. p50 / p95 / p99 printed, twice: with the page cache as the run found it
    (a reused set starts mostly on disk), then right after reading the set's files once (as
    a server whose working set stays in memory runs).
-3. Ingest: M CreateMemory RPCs (64 in flight) through the API, embedding included (the
-   embedder batches concurrent calls), on durable Postgres; memories/s printed.
+3. Ingest through the API, embedding included, on durable Postgres: M CreateMemory RPCs (64
+   in flight), then M more memories by BatchCreateMemories (100 per call, 2 calls in flight);
+   memories/s printed for each.
 
 The server, the gRPC client and Postgres share this machine's cores.
 
@@ -259,6 +260,10 @@ async def search_latency(
             assert min(hits) > 0, "a search returned nothing"
 
 
+_BATCH = 100
+_BATCHES_IN_FLIGHT = 2
+
+
 def warm_page_cache(root: Path) -> tuple[int, float]:
     """Read every file under ``root`` once, so that the OS caches them; (bytes, seconds)."""
     started = time.perf_counter()
@@ -273,30 +278,55 @@ def warm_page_cache(root: Path) -> tuple[int, float]:
 
 
 async def ingest_rate(stack: MemoryStack, *, count: int, in_flight: int = 64) -> None:
-    """CreateMemory through the API, concurrently."""
+    """Ingest through the API, twice: CreateMemory calls, then BatchCreateMemories calls."""
     corpus = Corpus(seed=123)
-    facts = corpus.facts(count)
+    facts = corpus.facts(2 * count + 400)
     who = token_metadata(f"{TENANT}-ingest")
+
+    def request(i: int) -> memory_service_pb2.CreateMemoryRequest:
+        return memory_service_pb2.CreateMemoryRequest(
+            scope={"user_id": f"ingest-{i % 100}"}, fact=facts[i]
+        )
+
     async with grpc.aio.insecure_channel(stack.address) as channel:
         stub = memory_service_pb2_grpc.MemoryServiceStub(channel)
         gate = asyncio.Semaphore(in_flight)
 
         async def one(i: int) -> Any:
             async with gate:
-                return await stub.CreateMemory(
-                    memory_service_pb2.CreateMemoryRequest(
-                        scope={"user_id": f"ingest-{i % 100}"}, fact=facts[i]
+                return await stub.CreateMemory(request(i), metadata=who)
+
+        await asyncio.gather(*(one(i) for i in range(count, count + 200)))  # warm-up
+        t = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(count)))
+        elapsed = time.perf_counter() - t
+        print(
+            f"ingest, CreateMemory: {count:,} in {elapsed:.1f}s = {count / elapsed:,.0f} "
+            f"memories/s ({in_flight} calls in flight, durable Postgres, embedding included)"
+        )
+
+        base = count + 200
+        batch_gate = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
+
+        async def batch(start: int, end: int) -> Any:
+            async with batch_gate:
+                return await stub.BatchCreateMemories(
+                    memory_service_pb2.BatchCreateMemoriesRequest(
+                        requests=[request(i) for i in range(start, end)]
                     ),
                     metadata=who,
                 )
 
-        await asyncio.gather(*(one(i) for i in range(min(200, count))))  # warm-up
+        await batch(base + count, base + count + 200)  # warm-up
         t = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(count)))
+        await asyncio.gather(
+            *(batch(base + i, base + min(i + _BATCH, count)) for i in range(0, count, _BATCH))
+        )
         elapsed = time.perf_counter() - t
     print(
-        f"ingest: {count:,} CreateMemory in {elapsed:.1f}s = {count / elapsed:,.0f} memories/s "
-        f"({in_flight} in flight, durable Postgres, embedding included)"
+        f"ingest, BatchCreateMemories: {count:,} in {elapsed:.1f}s = "
+        f"{count / elapsed:,.0f} memories/s ({_BATCH} per call, {_BATCHES_IN_FLIGHT} calls in "
+        "flight, durable Postgres, embedding included)"
     )
 
 

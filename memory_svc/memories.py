@@ -31,7 +31,7 @@ from memory_svc.filters import list_filter, purge_filter
 from memory_svc.indexing import Upsert, vector_bytes, vector_of
 from memory_svc.scopes import scope_key
 
-__all__ = ["MemoryOps"]
+__all__ = ["MAX_BATCH_CREATE", "MemoryOps"]
 
 m = models.memories
 r = models.memory_revisions
@@ -45,6 +45,8 @@ _ORDERS: Final = {
     "created_at asc": ("created_at", False),
     "created_at": ("created_at", False),
 }
+#: Most memories one BatchCreateMemories call creates.
+MAX_BATCH_CREATE: Final = 1000
 _PURGE_BATCH: Final = 500
 _PURGE_SAMPLE: Final = 100
 
@@ -56,6 +58,35 @@ def _check_etag(row: Any, etag: str) -> None:
             reason="ETAG_MISMATCH",
             metadata={"memory_id": str(row.id)},
         )
+
+
+def _insert_values(
+    tenant_id: str, bank: BankConfig, new: validation.NewMemory, vector: Any, *, now: datetime
+) -> dict[str, Any]:
+    """Every column of a new memory's row."""
+    return {
+        "id": uuid.uuid4(),
+        "tenant_id": tenant_id,
+        "bank_id": bank.id,
+        "scope": new.scope,
+        "scope_key": scope_key(new.scope),
+        "fact": new.fact,
+        "topic": new.topic,
+        "confidence": new.confidence,
+        "metadata": new.metadata,
+        "source_session_id": new.source_session_id,
+        "source_event_ids": new.source_event_ids,
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": new.expires_at,
+        "version": 1,
+        "revision_count": 1 if bank.enable_revisions else 0,
+        "request_id": new.request_id,
+        "embedding": vector_bytes(vector),
+        "embedding_model": bank.embedding_model,
+        "index_dirty": True,
+        "deleted_at": None,
+    }
 
 
 class MemoryOps:
@@ -89,6 +120,88 @@ class MemoryOps:
             await b.sync.apply(upserts=[Upsert(row, vector)])
         return memory_from_row(row)
 
+    async def batch_create(
+        self, tenant_id: str, request: memory_service_pb2.BatchCreateMemoriesRequest
+    ) -> memory_service_pb2.BatchCreateMemoriesResponse:
+        """BatchCreateMemories: every request validated, the facts embedded together, every
+        row and revision written in one transaction, then the index in one batch.
+
+        A request whose ``request_id`` already created a memory answers with that memory
+        (AIP-155, as CreateMemory); the others are created.
+        """
+        b = self._b
+        items = list(request.requests)
+        if not items:
+            raise InvalidArgument("requests must hold at least one memory", field="requests")
+        if len(items) > MAX_BATCH_CREATE:
+            raise InvalidArgument(
+                f"requests holds {len(items)} memories; at most {MAX_BATCH_CREATE} per call",
+                field="requests",
+            )
+        bank_id = items[0].bank_id
+        for i, item in enumerate(items):
+            if item.bank_id != bank_id:
+                raise InvalidArgument(
+                    f"every request of a batch names the same bank: {item.bank_id!r} differs "
+                    f"from {bank_id!r} of requests[0]",
+                    field=f"requests[{i}].bank_id",
+                )
+        bank = await b.bank(tenant_id=tenant_id, bank_id=bank_id, field="requests[0].bank_id")
+        now = b.clock()
+        new: list[validation.NewMemory] = []
+        first_of: dict[str, int] = {}
+        for i, item in enumerate(items):
+            try:
+                new.append(validation.validate_create(item, bank, now=now))
+            except InvalidArgument as exc:
+                raise InvalidArgument(
+                    exc.message, field=f"requests[{i}].{exc.field}", reason=exc.reason
+                ) from exc
+            key = new[-1].request_id
+            if key is not None:
+                if key in first_of:
+                    raise InvalidArgument(
+                        f"request_id {key!r} is also the request_id of requests[{first_of[key]}]",
+                        field=f"requests[{i}].request_id",
+                    )
+                first_of[key] = i
+        bank.require_indexed()
+        rows: list[Any] = [None] * len(items)
+        if first_of:
+            async with b.sessions() as session:
+                for row in await repository.find_by_request_ids(
+                    session, tenant_id=tenant_id, request_ids=list(first_of)
+                ):
+                    rows[first_of[row.request_id]] = row
+        todo = [i for i, row in enumerate(rows) if row is None]
+        vectors = list(await b.embed(bank.embedding_model, [new[i].fact for i in todo]))
+        values = [
+            _insert_values(tenant_id, bank, new[i], vector, now=now)
+            for i, vector in zip(todo, vectors, strict=True)
+        ]
+        vector_of_id = {row["id"]: vector for row, vector in zip(values, vectors, strict=True)}
+        position = {row["id"]: i for i, row in zip(todo, values, strict=True)}
+        async with transaction(b.sessions) as session:
+            inserted = await repository.insert_memories(
+                session, values, revision=bank.enable_revisions
+            )
+            for row in inserted:
+                rows[position[row.id]] = row
+            lost = {new[i].request_id: i for i in todo if rows[i] is None}
+            if lost:
+                # Concurrent calls with these request_ids committed first (the inserts waited
+                # for them): answer with their memories.
+                for row in await repository.find_by_request_ids(
+                    session, tenant_id=tenant_id, request_ids=[k for k in lost if k]
+                ):
+                    rows[lost[row.request_id]] = row
+        upserts = [Upsert(row, vector_of_id[row.id]) for row in inserted]
+        if upserts:
+            await b.sync.apply(upserts=upserts)
+        return memory_service_pb2.BatchCreateMemoriesResponse(
+            memories=[memory_from_row(row) for row in rows]
+        )
+
     async def _insert(
         self,
         tenant_id: str,
@@ -98,31 +211,8 @@ class MemoryOps:
         *,
         now: datetime,
     ) -> tuple[Any, bool]:
-        memory_id = uuid.uuid4()
         statement = repository.insert_memory_statement(revision=bank.enable_revisions)
-        values = {
-            "id": memory_id,
-            "tenant_id": tenant_id,
-            "bank_id": bank.id,
-            "scope": new.scope,
-            "scope_key": scope_key(new.scope),
-            "fact": new.fact,
-            "topic": new.topic,
-            "confidence": new.confidence,
-            "metadata": new.metadata,
-            "source_session_id": new.source_session_id,
-            "source_event_ids": new.source_event_ids,
-            "created_at": now,
-            "updated_at": now,
-            "expires_at": new.expires_at,
-            "version": 1,
-            "revision_count": 1 if bank.enable_revisions else 0,
-            "request_id": new.request_id,
-            "embedding": vector_bytes(vector),
-            "embedding_model": bank.embedding_model,
-            "index_dirty": True,
-            "deleted_at": None,
-        }
+        values = _insert_values(tenant_id, bank, new, vector, now=now)
         async with self._b.autocommit() as connection:
             row = (await connection.execute(statement, values)).one_or_none()
             if row is None:

@@ -81,6 +81,19 @@ async def find_by_request_id(
     ).one_or_none()
 
 
+async def find_by_request_ids(
+    session: AsyncSession, *, tenant_id: str, request_ids: list[str]
+) -> Sequence[Any]:
+    """The memories created with any of these idempotency keys, deleted or not."""
+    return (
+        await session.execute(
+            select(*PUBLIC_COLUMNS).where(
+                m.c.tenant_id == tenant_id, m.c.request_id.in_(request_ids)
+            )
+        )
+    ).all()
+
+
 _REVISION_COPY: Final = [
     "tenant_id",
     "bank_id",
@@ -144,6 +157,50 @@ def insert_memory_statement(*, revision: bool) -> Any:
         )
         statement = statement.add_cte(copied.cte("revision"))
     return statement
+
+
+async def insert_memories(
+    session: AsyncSession, values: Sequence[dict[str, Any]], *, revision: bool
+) -> list[Any]:
+    """Insert many memories (and their CREATED revisions) in the session's transaction.
+
+    Multi-row statements (SQLAlchemy's insertmanyvalues), not one round trip per memory.
+    Every column of ``memories`` is a key of each ``values`` dict. A memory whose
+    (tenant, request_id) already exists is skipped.
+
+    Returns:
+        The rows inserted (:data:`PUBLIC_COLUMNS`), in no particular order.
+    """
+    if not values:
+        return []
+    rows = (
+        await session.execute(
+            pg_insert(m)
+            .on_conflict_do_nothing(
+                index_elements=[m.c.tenant_id, m.c.request_id],
+                index_where=m.c.request_id.is_not(None),
+            )
+            .returning(*PUBLIC_COLUMNS),
+            list(values),
+        )
+    ).all()
+    if revision and rows:
+        await session.execute(
+            insert(r),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "memory_id": row.id,
+                    "revision_number": row.revision_count,
+                    "action": "CREATED",
+                    "memory_created_at": row.created_at,
+                    "created_at": row.created_at,
+                    **{name: getattr(row, name) for name in _REVISION_COPY},
+                }
+                for row in rows
+            ],
+        )
+    return list(rows)
 
 
 async def insert_revision(

@@ -81,6 +81,12 @@ class MemoryServicer(memory_service_pb2_grpc.MemoryServiceServicer):
         """Create a memory directly."""
         return await self._memories.create(_tenant(), request)
 
+    async def BatchCreateMemories(
+        self, request: memory_service_pb2.BatchCreateMemoriesRequest, context: Any
+    ) -> memory_service_pb2.BatchCreateMemoriesResponse:
+        """Create up to 1,000 memories at once, all or none."""
+        return await self._memories.batch_create(_tenant(), request)
+
     async def GetMemory(
         self, request: memory_service_pb2.GetMemoryRequest, context: Any
     ) -> memory_pb2.Memory:

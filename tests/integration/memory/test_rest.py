@@ -69,3 +69,32 @@ async def test_memories_over_rest(http: httpx.AsyncClient) -> None:
     assert bad.json()["error"]["code"] == "INVALID_ARGUMENT"
     bank = await http.get("/api/v1/memory-banks/default", headers=headers)
     assert bank.json()["id"] == "default"
+
+
+async def test_batch_create_over_rest(http: httpx.AsyncClient) -> None:
+    headers = bearer_headers(f"rest-{uuid.uuid4().hex[:8]}")
+    created = await http.post(
+        "/api/v1/memories:batchCreate",
+        json={
+            "requests": [
+                {"scope": {"user_id": "7"}, "fact": "The user grows tomatoes."},
+                {"scope": {"user_id": "7"}, "fact": "The user bikes to work.", "request_id": "b"},
+            ]
+        },
+        headers=headers,
+    )
+    assert created.status_code == 200, created.text
+    assert [m["fact"] for m in created.json()["memories"]] == [
+        "The user grows tomatoes.",
+        "The user bikes to work.",
+    ]
+    bad = await http.post(
+        "/api/v1/memories:batchCreate",
+        json={"requests": [{"scope": {"user_id": "7"}, "fact": "ok"}, {"scope": {}, "fact": ""}]},
+        headers=headers,
+    )
+    assert bad.status_code == 400, bad.text
+    assert bad.json()["error"]["code"] == "INVALID_ARGUMENT"
+    assert "requests[1]" in bad.text
+    listed = await http.get("/api/v1/memories", headers=headers)
+    assert len(listed.json()["memories"]) == 2

@@ -95,6 +95,16 @@ MATRIX: list[tuple[str, Call, grpc.StatusCode]] = [
         ),
         NOT_FOUND,
     ),
+    (
+        "BatchCreateMemories in A's bank",
+        lambda s, a, who: s.memories.BatchCreateMemories(
+            pb.BatchCreateMemoriesRequest(
+                requests=[pb.CreateMemoryRequest(scope=a.scope, fact="x", bank_id=a.bank_id)]
+            ),
+            metadata=who,
+        ),
+        NOT_FOUND,
+    ),
     # revisions
     (
         "ListMemoryRevisions",

@@ -37,13 +37,23 @@ async def test_paraphrases_are_closer_than_unrelated_sentences(local: LocalOnnxE
     assert similarity[0, 2] < 0.2
 
 
-async def test_concurrent_calls_are_batched_and_match_single_calls(
+async def test_a_texts_vector_does_not_depend_on_the_texts_embedded_with_it(
     local: LocalOnnxEmbedder,
 ) -> None:
+    # The model quantises activations per run: batched with others, a text's vector would
+    # follow its neighbours. One text per run keeps it a function of the text alone.
     texts = [f"fact number {i} about the user's garden" for i in range(40)]
-    together = await asyncio.gather(*(local.embed([text]) for text in texts))
+    texts[3] = (
+        "The user explained at length that their grandmother taught them to cook bacalhau "
+        "every Christmas in a village near the coast, and they still do it in Toronto."
+    )
     alone = local.encode_sync([texts[7]])
-    assert np.allclose(together[7], alone, atol=1e-4)
+    concurrent = await asyncio.gather(*(local.embed([text]) for text in texts))
+    together = await local.embed(texts)
+    assert together.shape == (40, 384)
+    assert np.array_equal(concurrent[7], alone)
+    assert np.array_equal(together[7], alone[0])
+    assert np.array_equal(np.vstack(concurrent), together)
 
 
 async def test_batcher_coalesces_waiting_calls() -> None:

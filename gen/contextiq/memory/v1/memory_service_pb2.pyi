@@ -153,6 +153,54 @@ class CreateMemoryRequest(_message.Message):
 Global___CreateMemoryRequest: _TypeAlias = CreateMemoryRequest  # noqa: Y015
 
 @_typing.final
+class BatchCreateMemoriesRequest(_message.Message):
+    """Request of BatchCreateMemories."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateMemoryRequest]:
+        """1 to 1,000 memories, each as in CreateMemory; request_ids must differ within the batch."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___CreateMemoryRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateMemoriesRequest: _TypeAlias = BatchCreateMemoriesRequest  # noqa: Y015
+
+@_typing.final
+class BatchCreateMemoriesResponse(_message.Message):
+    """Response of BatchCreateMemories."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def memories(self) -> _containers.RepeatedCompositeFieldContainer[_memory_pb2.Memory]:
+        """The memories, in the order of the requests."""
+
+    def __init__(
+        self,
+        *,
+        memories: _abc.Iterable[_memory_pb2.Memory] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memories", b"memories"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateMemoriesResponse: _TypeAlias = BatchCreateMemoriesResponse  # noqa: Y015
+
+@_typing.final
 class GetMemoryRequest(_message.Message):
     """Request of GetMemory."""
 

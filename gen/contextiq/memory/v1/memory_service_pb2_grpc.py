@@ -51,6 +51,11 @@ class MemoryServiceStub:
                 request_serializer=contextiq_dot_memory_dot_v1_dot_memory__service__pb2.CreateMemoryRequest.SerializeToString,
                 response_deserializer=contextiq_dot_memory_dot_v1_dot_memory__pb2.Memory.FromString,
                 _registered_method=True)
+        self.BatchCreateMemories = channel.unary_unary(
+                '/contextiq.memory.v1.MemoryService/BatchCreateMemories',
+                request_serializer=contextiq_dot_memory_dot_v1_dot_memory__service__pb2.BatchCreateMemoriesRequest.SerializeToString,
+                response_deserializer=contextiq_dot_memory_dot_v1_dot_memory__service__pb2.BatchCreateMemoriesResponse.FromString,
+                _registered_method=True)
         self.GetMemory = channel.unary_unary(
                 '/contextiq.memory.v1.MemoryService/GetMemory',
                 request_serializer=contextiq_dot_memory_dot_v1_dot_memory__service__pb2.GetMemoryRequest.SerializeToString,
@@ -124,6 +129,15 @@ class MemoryServiceServicer:
 
     def CreateMemory(self, request, context):
         """Creates a memory directly (no extraction, no consolidation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchCreateMemories(self, request, context):
+        """Creates up to 1,000 memories in one call (AIP-233), all or none: the facts are embedded
+        together and written in one transaction. A request whose request_id already created a
+        memory returns that memory instead. Every request names the same bank.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,6 +234,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.CreateMemory,
                     request_deserializer=contextiq_dot_memory_dot_v1_dot_memory__service__pb2.CreateMemoryRequest.FromString,
                     response_serializer=contextiq_dot_memory_dot_v1_dot_memory__pb2.Memory.SerializeToString,
+            ),
+            'BatchCreateMemories': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateMemories,
+                    request_deserializer=contextiq_dot_memory_dot_v1_dot_memory__service__pb2.BatchCreateMemoriesRequest.FromString,
+                    response_serializer=contextiq_dot_memory_dot_v1_dot_memory__service__pb2.BatchCreateMemoriesResponse.SerializeToString,
             ),
             'GetMemory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMemory,
@@ -334,6 +353,33 @@ class MemoryService:
             '/contextiq.memory.v1.MemoryService/CreateMemory',
             contextiq_dot_memory_dot_v1_dot_memory__service__pb2.CreateMemoryRequest.SerializeToString,
             contextiq_dot_memory_dot_v1_dot_memory__pb2.Memory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateMemories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contextiq.memory.v1.MemoryService/BatchCreateMemories',
+            contextiq_dot_memory_dot_v1_dot_memory__service__pb2.BatchCreateMemoriesRequest.SerializeToString,
+            contextiq_dot_memory_dot_v1_dot_memory__service__pb2.BatchCreateMemoriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,11 @@ class MemoryServiceStub:
     """
     CreateMemory: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.CreateMemoryRequest, _memory_pb2.Memory]
     """Creates a memory directly (no extraction, no consolidation)."""
+    BatchCreateMemories: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.BatchCreateMemoriesRequest, _memory_service_pb2.BatchCreateMemoriesResponse]
+    """Creates up to 1,000 memories in one call (AIP-233), all or none: the facts are embedded
+    together and written in one transaction. A request whose request_id already created a
+    memory returns that memory instead. Every request names the same bank.
+    """
     GetMemory: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.GetMemoryRequest, _memory_pb2.Memory]
     """Gets a memory."""
     ListMemories: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.ListMemoriesRequest, _memory_service_pb2.ListMemoriesResponse]
@@ -87,6 +92,11 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """
     CreateMemory: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.CreateMemoryRequest, _memory_pb2.Memory]  # type: ignore[assignment]
     """Creates a memory directly (no extraction, no consolidation)."""
+    BatchCreateMemories: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.BatchCreateMemoriesRequest, _memory_service_pb2.BatchCreateMemoriesResponse]  # type: ignore[assignment]
+    """Creates up to 1,000 memories in one call (AIP-233), all or none: the facts are embedded
+    together and written in one transaction. A request whose request_id already created a
+    memory returns that memory instead. Every request names the same bank.
+    """
     GetMemory: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.GetMemoryRequest, _memory_pb2.Memory]  # type: ignore[assignment]
     """Gets a memory."""
     ListMemories: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.ListMemoriesRequest, _memory_service_pb2.ListMemoriesResponse]  # type: ignore[assignment]
@@ -137,6 +147,17 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.Memory, _abc.Awaitable[_memory_pb2.Memory]]:
         """Creates a memory directly (no extraction, no consolidation)."""
+
+    @_abc_1.abstractmethod
+    def BatchCreateMemories(
+        self,
+        request: _memory_service_pb2.BatchCreateMemoriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_service_pb2.BatchCreateMemoriesResponse, _abc.Awaitable[_memory_service_pb2.BatchCreateMemoriesResponse]]:
+        """Creates up to 1,000 memories in one call (AIP-233), all or none: the facts are embedded
+        together and written in one transaction. A request whose request_id already created a
+        memory returns that memory instead. Every request names the same bank.
+        """
 
     @_abc_1.abstractmethod
     def GetMemory(
