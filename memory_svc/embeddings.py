@@ -326,7 +326,7 @@ class EmbedderRegistry:
 
         Args:
             litellm_options: Keyword arguments for every LiteLLM call (``api_base``...).
-            local_threads: onnxruntime threads of the local model.
+            local_threads: Worker threads of the local model (each runs one text at a time).
             factories: Extra model names and how to build them (tests, benchmarks).
         """
         self._litellm_options = dict(litellm_options or {})
