@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scopes", type=int, default=10_000)
     parser.add_argument("--big", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--ingest", type=int, default=3_000)
+    parser.add_argument("--ingest", type=int, default=6_000)
     parser.add_argument(
         "--data-dir",
         default="",
