@@ -11,8 +11,9 @@ call; VNNI / AMX kernels on x86):
    output, feed-forward up and down in each of the 6 layers) into ``MatMulInteger``.
 
 Measured on the 2-core machine, one text per run (as :class:`~memory_svc.embeddings.
-LocalOnnxEmbedder` runs it) on two workers: 898-950 texts/s against 300 for the shipped model
-run the same way (562 in batches of 64); one query 2.1 ms on one thread against 3.1 on two.
+LocalOnnxEmbedder` runs it) on two workers: 898-950 texts/s against 452 for the shipped model
+run the same way (562 in batches of 64); one query 2.1 ms on one thread against 5.4 on one
+and 3.1 on two.
 Against the shipped model's vectors, over 600 LoCoMo dialogue turns: cosine 0.993 on average,
 0.984 at the 1st percentile. LoCoMo recall@5 / @10: hybrid 0.572 / 0.636 against 0.584 / 0.645,
 dense 0.550 / 0.602 against 0.561 / 0.606.
