@@ -94,6 +94,7 @@ async def memory_stack(
             interceptors=default_interceptors(
                 build_auth_interceptor(settings, services=service_names([parts.component]))
             ),
+            engine=settings.grpc_engine,
         )
         port = await server.start()
         try:

@@ -18,7 +18,11 @@ this process over gRPC:
    on a database of the same server, run by ``bench/sessions_adk_worker.py`` with the
    interpreter of ``--adk-python`` (default ``.venv-bench/bin/python``), and the ratios.
 
-Run: ``python -m bench.sessions_bench [--seconds 20] [--skip-adk]`` (or ``make bench``).
+The server runs on the default gRPC engine (``native``, see :mod:`ciq_runtime.server`);
+``--engine grpcio`` measures grpc.aio's server instead.
+
+Run: ``python -m bench.sessions_bench [--seconds 20] [--skip-adk] [--engine grpcio]`` (or
+``make bench``).
 """
 
 from __future__ import annotations
@@ -35,12 +39,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from google.protobuf import struct_pb2
 
 from contextiq.sessions.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from ciq_runtime.settings import GrpcEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = (
@@ -56,7 +63,7 @@ TENANT = "bench"
 # ---------------------------------------------------------------------------------- server
 
 
-def _serve(database_url: str) -> None:
+def _serve(database_url: str, engine: str) -> None:
     """Child process: serve SessionService on a free port, print it, run until SIGTERM."""
     from ciq_runtime.auth import build_auth_interceptor
     from ciq_runtime.logging import configure_logging
@@ -81,6 +88,7 @@ def _serve(database_url: str) -> None:
                 build_auth_interceptor(settings, services=[SERVICE_NAME])
             ),
             grace_s=1.0,
+            engine=cast("GrpcEngine", engine),
         )
         port = await server.start()
         print(f"PORT {port}", flush=True)
@@ -147,9 +155,17 @@ class CpuMeter:
         return {name: end[name] - self._start[name] for name in end}
 
 
-def _start_server(database_url: str) -> tuple[subprocess.Popen[str], int]:
+def _start_server(database_url: str, engine: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.sessions_bench", "--serve", database_url],
+        [
+            sys.executable,
+            "-m",
+            "bench.sessions_bench",
+            "--serve",
+            database_url,
+            "--engine",
+            engine,
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -217,11 +233,12 @@ async def _drive(
 
         latencies: list[float] = []
         errors = 0
+        acknowledged = 0  # every successful append, warm-up included
         measuring = False
         stop_at = 0.0
 
         async def client(c: int) -> None:
-            nonlocal errors
+            nonlocal errors, acknowledged
             mine = session_ids[c :: args.clients]
             n = 0
             while time.perf_counter() < stop_at:
@@ -236,6 +253,7 @@ async def _drive(
                     continue
                 if measuring:
                     latencies.append(time.perf_counter() - started)
+                acknowledged += 1
                 n += 1
 
         stop_at = time.perf_counter() + args.warmup
@@ -283,11 +301,24 @@ async def _drive(
         "append_p50_ms": p50,
         "append_p95_ms": p95,
         "errors": errors,
+        "acknowledged": acknowledged + args.big_events,
         "cpu_s": cpu,
         "fill_rate": args.big_events / fill_s,
         "get_p50_ms": get_p50,
         "get_p95_ms": get_p95,
     }
+
+
+async def _stored_events(dsn: str) -> int:
+    """How many events the sessions schema holds (every acknowledged append must be there)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        stored: int = await conn.fetchval("SELECT count(*) FROM sessions.events")
+    finally:
+        await conn.close()
+    return stored
 
 
 def _run_adk(dsn: str, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -322,7 +353,8 @@ def _report(ciq: dict[str, Any], adk: dict[str, Any] | None, args: argparse.Name
     cores = len(os.sched_getaffinity(0))
     print(
         f"cores: {cores} (os.cpu_count={os.cpu_count()}); Postgres durable (fsync on); "
-        f"{args.clients} clients over {args.sessions} sessions; {args.seconds:g}s measured"
+        f"{args.clients} clients over {args.sessions} sessions; {args.seconds:g}s measured; "
+        f"gRPC engine {args.engine}"
     )
     rate = ciq["appends"] / ciq["elapsed_s"]
     rows: list[tuple[str, float, float | None, str]] = [
@@ -354,6 +386,14 @@ def _report(ciq: dict[str, Any], adk: dict[str, Any] | None, args: argparse.Name
         + (f", ADK {adk['errors']}" if adk is not None else "")
         + f"; filling the big session: {ciq['fill_rate']:.0f} appends/s to one session"
     )
+    print(
+        f"events stored {ciq['stored']}, appends acknowledged {ciq['acknowledged']}: "
+        + (
+            "every acknowledged append is stored"
+            if ciq["stored"] == ciq["acknowledged"]
+            else "MISMATCH"
+        )
+    )
     cpu = ciq["cpu_s"]
     per_append = {name: 1000 * seconds / ciq["appends"] for name, seconds in cpu.items()}
     others = cpu["machine"] - cpu["server"] - cpu["client"] - cpu["postgres"]
@@ -365,7 +405,12 @@ def _report(ciq: dict[str, Any], adk: dict[str, Any] | None, args: argparse.Name
         f"{100 * others / ciq['elapsed_s']:.0f}% outside the three: kernel threads, interrupts "
         "and any other work on the machine)"
     )
-    target_ok = rate >= 1500 and ciq["append_p95_ms"] <= 25 and ciq["get_p95_ms"] <= 15
+    target_ok = (
+        ciq["stored"] == ciq["acknowledged"]
+        and rate >= 1500
+        and ciq["append_p95_ms"] <= 25
+        and ciq["get_p95_ms"] <= 15
+    )
     print(
         "targets (>= 1500 appends/s, append p95 <= 25 ms, get p95 <= 15 ms): "
         + ("met" if target_ok else "NOT met")
@@ -384,10 +429,16 @@ def main() -> None:
     parser.add_argument("--gets", type=int, default=500)
     parser.add_argument("--adk-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
     parser.add_argument("--skip-adk", action="store_true")
+    parser.add_argument(
+        "--engine",
+        choices=("native", "grpcio"),
+        default="native",
+        help="gRPC server implementation of the SessionService (CONTEXTIQ_GRPC_ENGINE)",
+    )
     # Known args only: `python -m bench sessions_bench` leaves the module name in argv.
     args, _ = parser.parse_known_args()
     if args.serve:
-        _serve(args.serve)
+        _serve(args.serve, args.engine)
         return
 
     from ciq_runtime.embedded import EmbeddedPostgres
@@ -396,9 +447,10 @@ def main() -> None:
     postgres = EmbeddedPostgres(data_dir=workdir / "pg", durable=True)
     try:
         handle = postgres.start_sync(timeout=60.0)
-        server, port = _start_server(handle.url)
+        server, port = _start_server(handle.url, args.engine)
         try:
             ciq = asyncio.run(_drive(port, args, server_pid=server.pid, postgres_pid=postgres.pid))
+            ciq["stored"] = asyncio.run(_stored_events(handle.dsn))
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)

@@ -4,6 +4,18 @@ A process is a list of :class:`Component` s (the embedded stack hosts all of the
 a Deployment hosts one). :class:`GrpcServer` starts their lifecycle hooks, registers their
 services with health and reflection, and shuts everything down gracefully;
 :func:`run_until_signal` turns SIGINT/SIGTERM into a stop event for ``main``.
+
+Two server implementations can serve the port (``CONTEXTIQ_GRPC_ENGINE``):
+
+* ``native`` (the default): ``pygrpc_native.aio.server``, whose HTTP/2 and gRPC work (framing,
+  flow control, deadlines, cancellation) runs in Rust on its own threads, outside the GIL. The
+  handlers, interceptors and generated code are grpc.aio's, unchanged, and run on this event
+  loop. Unary and server-streaming methods registered by generated code are served natively;
+  the rest (client and bidirectional streams: server reflection) go to a grpc.aio server on a
+  private Unix socket behind it. On the 2-core machine it halves the sessions service's CPU per
+  append (see ``bench/sessions_bench.py``). It has no TLS; ContextIQ serves plaintext gRPC
+  inside the cluster either way.
+* ``grpcio``: ``grpc.aio.server`` itself.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from ciq_runtime.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from ciq_runtime.health import DependencyChecks, HealthCheck, HealthReporter
 from ciq_runtime.interceptors import CallGuard, RpcInterceptor
 from ciq_runtime.metrics import TenantCountQuery
+from ciq_runtime.settings import GrpcEngine
 
 __all__ = [
     "Component",
@@ -132,6 +145,7 @@ class GrpcServer:
         max_message_bytes: int = 8 * 1024 * 1024,
         health_check_interval_s: float = 5.0,
         health_check_timeout_s: float = 2.0,
+        engine: GrpcEngine = "native",
     ) -> None:
         """Describe the server; nothing is started or bound until :meth:`start`.
 
@@ -144,14 +158,18 @@ class GrpcServer:
             max_message_bytes: Largest request or response message accepted or sent.
             health_check_interval_s: Pause between two rounds of dependency checks.
             health_check_timeout_s: A dependency check taking longer counts as failed.
+            engine: Which server implementation serves the port (see the module docstring).
 
         Raises:
-            ValueError: If two components declare the same service.
+            ValueError: If two components declare the same service or ``engine`` is unknown.
         """
+        if engine not in _ENGINES:
+            raise ValueError(f"unknown gRPC engine {engine!r}: use one of {', '.join(_ENGINES)}")
         names = [spec.name for c in components for spec in c.services]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"services registered twice: {', '.join(duplicates)}")
+        self._engine: GrpcEngine = engine
         self._host = host
         self._requested_port = port
         self._components = list(components)
@@ -183,6 +201,11 @@ class GrpcServer:
         return self._port
 
     @property
+    def engine(self) -> GrpcEngine:
+        """Which server implementation serves the port."""
+        return self._engine
+
+    @property
     def health_names(self) -> tuple[str, ...]:
         """Every name the Health service reports besides ``""``: services, then dependencies."""
         return (*self._service_names, *self._checks.names)
@@ -205,7 +228,7 @@ class GrpcServer:
         """
         if self._server is not None or self._stopping is not None:
             raise RuntimeError("GrpcServer.start() may be called once")
-        server = grpc.aio.server(
+        server = _SERVER_FACTORIES[self._engine]()(
             interceptors=self._interceptors,
             options=[
                 ("grpc.max_send_message_length", self._max_message_bytes),
@@ -289,6 +312,26 @@ class GrpcServer:
         """Return when the server has terminated (after :meth:`stop`)."""
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def _grpcio_server() -> Callable[..., grpc.aio.Server]:
+    factory: Callable[..., grpc.aio.Server] = grpc.aio.server
+    return factory
+
+
+def _native_server() -> Callable[..., grpc.aio.Server]:
+    # Imported on use: a process on the grpcio engine never loads the native library.
+    import pygrpc_native.aio
+
+    factory: Callable[..., grpc.aio.Server] = pygrpc_native.aio.server
+    return factory
+
+
+_SERVER_FACTORIES: dict[str, Callable[[], Callable[..., grpc.aio.Server]]] = {
+    "native": _native_server,
+    "grpcio": _grpcio_server,
+}
+_ENGINES = tuple(_SERVER_FACTORIES)
 
 
 def _bind(server: grpc.aio.Server, host: str, port: int) -> int:

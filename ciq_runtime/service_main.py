@@ -85,6 +85,7 @@ def run_service(*, service_name: str, build: Callable[[Settings], ProcessParts])
             components=parts.components,
             interceptors=default_interceptors(auth),
             grace_s=settings.shutdown_grace_s,
+            engine=settings.grpc_engine,
         )
         process_metrics: ProcessMetrics | None = None
         try:

@@ -18,6 +18,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 __all__ = [
     "REDACTED",
     "ConfigError",
+    "GrpcEngine",
     "LogFormat",
     "Settings",
     "normalize_database_url",
@@ -25,6 +26,9 @@ __all__ = [
 ]
 
 LogFormat = Literal["json", "text"]
+#: The gRPC server implementation: ``native`` (pygrpc-native: HTTP/2 and gRPC framing in Rust,
+#: outside the GIL) or ``grpcio`` (grpc.aio).
+GrpcEngine = Literal["native", "grpcio"]
 
 REDACTED = "[REDACTED]"
 
@@ -116,6 +120,8 @@ class Settings:
     service_name: str
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
+    grpc_engine: GrpcEngine = "native"
+    """Which gRPC server serves the port (see :data:`GrpcEngine`)."""
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     metrics_port: int = 0
@@ -231,6 +237,10 @@ class Settings:
             service_name=service_name,
             grpc_host=env.text("CONTEXTIQ_GRPC_HOST", "127.0.0.1"),
             grpc_port=env.port("CONTEXTIQ_GRPC_PORT", 50051),
+            grpc_engine=cast(
+                GrpcEngine,
+                env.choice("CONTEXTIQ_GRPC_ENGINE", "native", ("native", "grpcio"), str.lower),
+            ),
             http_host=env.text("CONTEXTIQ_HTTP_HOST", "127.0.0.1"),
             http_port=env.port("CONTEXTIQ_HTTP_PORT", 8080),
             metrics_port=env.port("CONTEXTIQ_METRICS_PORT", 0),

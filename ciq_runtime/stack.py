@@ -194,6 +194,7 @@ async def _run(settings: Settings, stop: asyncio.Event) -> None:
             components=components,
             interceptors=default_interceptors(auth),
             grace_s=settings.shutdown_grace_s,
+            engine=settings.grpc_engine,
         )
         stack.push_async_callback(server.stop)
         grpc_port = await server.start()

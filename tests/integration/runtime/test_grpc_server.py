@@ -1,7 +1,10 @@
-"""GrpcServer and the interceptors against a real grpc.aio server on 127.0.0.1, port 0.
+"""GrpcServer and the interceptors against a real server on 127.0.0.1, port 0.
 
-The test service is built from generic handlers with bytes in and out, so no protos are
-needed: the request names what the handler should do.
+Every test runs on both engines (``native``: pygrpc-native; ``grpcio``: grpc.aio). The test
+services take bytes in and out, so no protos are needed: the request names what the handler
+should do. EchoService is registered the way generated code registers a service (the native
+engine serves its unary and server-streaming methods itself); OtherService only through a
+generic handler, which the native engine hands to its grpc.aio fallback server.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ciq_runtime.server import (
     ServiceSpec,
     default_interceptors,
 )
+from ciq_runtime.settings import GrpcEngine
 from tests.helpers import async_wait_for
 
 SERVICE = "contextiq.test.v1.EchoService"
@@ -43,9 +47,29 @@ def fail_as(request: bytes) -> None:
         raise ValueError(SECRET_TEXT)
 
 
+#: What the Slow handler saw: "started", then "cancelled" when the call was abandoned.
+SLOW_EVENTS: list[str] = []
+
+
 async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     fail_as(request)
     return b"echo:" + request
+
+
+async def metadata_echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    seen = dict(context.invocation_metadata() or ())
+    context.set_trailing_metadata((("x-seen", str(seen.get("x-token", ""))),))
+    return str(seen.get("x-token", "")).encode()
+
+
+async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    SLOW_EVENTS.append("started")
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        SLOW_EVENTS.append("cancelled")
+        raise
+    return b"late"
 
 
 async def server_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -79,12 +103,16 @@ async def bidi_stream(
 def register_echo(server: grpc.aio.Server) -> None:
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Metadata": grpc.unary_unary_rpc_method_handler(metadata_echo),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
         "ServerStreamByWrite": grpc.unary_stream_rpc_method_handler(server_stream_by_write),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
         "BidiStream": grpc.stream_stream_rpc_method_handler(bidi_stream),
     }
+    # As generated code does (grpcio-tools >= 1.64).
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 def register_other(server: grpc.aio.Server) -> None:
@@ -106,7 +134,10 @@ class Dependency:
 
 
 def make_server(
-    events: list[str] | None = None, dependency: Dependency | None = None, **kwargs: Any
+    engine: GrpcEngine,
+    events: list[str] | None = None,
+    dependency: Dependency | None = None,
+    **kwargs: Any,
 ) -> GrpcServer:
     events = events if events is not None else []
 
@@ -136,13 +167,20 @@ def make_server(
             ),
         ],
         interceptors=default_interceptors(),
+        engine=engine,
         **kwargs,
     )
 
 
+@pytest.fixture(params=["native", "grpcio"])
+def engine(request: pytest.FixtureRequest) -> GrpcEngine:
+    value: GrpcEngine = request.param
+    return value
+
+
 @pytest.fixture
-async def server() -> AsyncIterator[GrpcServer]:
-    srv = make_server(grace_s=0.5)
+async def server(engine: GrpcEngine) -> AsyncIterator[GrpcServer]:
+    srv = make_server(engine, grace_s=0.5)
     await srv.start()
     yield srv
     await srv.stop()
@@ -176,6 +214,66 @@ def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo:
 
 async def test_success_passes_through(channel: grpc.aio.Channel) -> None:
     assert await channel.unary_unary(f"/{SERVICE}/Unary")(b"hi") == b"echo:hi"
+
+
+async def test_server_runs_the_engine_asked_for(server: GrpcServer, engine: GrpcEngine) -> None:
+    assert server.engine == engine
+
+
+def test_unknown_engine_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown gRPC engine 'tonic'"):
+        GrpcServer(host="127.0.0.1", port=0, components=[], engine="tonic")  # type: ignore[arg-type]
+
+
+async def test_generic_handler_service_is_served(channel: grpc.aio.Channel) -> None:
+    assert await channel.unary_unary(f"/{OTHER_SERVICE}/Unary")(b"hi") == b"echo:hi"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel.unary_unary(f"/{OTHER_SERVICE}/Unary")(b"notfound")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("service", [SERVICE, OTHER_SERVICE, "contextiq.test.v1.NoSuchService"])
+async def test_unknown_method_is_unimplemented(channel: grpc.aio.Channel, service: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel.unary_unary(f"/{service}/NoSuchMethod")(b"hi")
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_metadata_reaches_the_handler_and_trailers_the_client(
+    channel: grpc.aio.Channel,
+) -> None:
+    call = channel.unary_unary(f"/{SERVICE}/Metadata")(b"", metadata=(("x-token", "abc"),))
+    assert await call == b"abc"
+    assert ("x-seen", "abc") in tuple(await call.trailing_metadata())
+
+
+async def test_deadline_cancels_the_handler(channel: grpc.aio.Channel) -> None:
+    SLOW_EVENTS.clear()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel.unary_unary(f"/{SERVICE}/Slow")(b"", timeout=0.3)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await async_wait_for(lambda: SLOW_EVENTS == ["started", "cancelled"], timeout=5)
+
+
+async def test_client_cancel_cancels_the_handler(channel: grpc.aio.Channel) -> None:
+    SLOW_EVENTS.clear()
+    call = channel.unary_unary(f"/{SERVICE}/Slow")(b"")
+    await async_wait_for(lambda: SLOW_EVENTS == ["started"], timeout=5)
+    call.cancel()
+    await async_wait_for(lambda: SLOW_EVENTS == ["started", "cancelled"], timeout=5)
+
+
+async def test_oversized_request_is_refused(engine: GrpcEngine) -> None:
+    srv = make_server(engine, max_message_bytes=1024)
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await ch.unary_unary(f"/{SERVICE}/Unary")(b"x" * 4096)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert await ch.unary_unary(f"/{SERVICE}/Unary")(b"small") == b"echo:small"
+    finally:
+        await srv.stop()
 
 
 async def test_domain_error_becomes_status_with_error_info(channel: grpc.aio.Channel) -> None:
@@ -303,9 +401,9 @@ async def test_set_serving_changes_one_name(server: GrpcServer, channel: grpc.ai
     assert echo.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_failing_dependency_turns_its_name_not_serving() -> None:
+async def test_failing_dependency_turns_its_name_not_serving(engine: GrpcEngine) -> None:
     dependency = Dependency()
-    srv = make_server(dependency=dependency, health_check_interval_s=0.05)
+    srv = make_server(engine, dependency=dependency, health_check_interval_s=0.05)
     await srv.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
@@ -341,9 +439,11 @@ async def test_reflection_lists_every_service(channel: grpc.aio.Channel) -> None
     }
 
 
-async def test_stop_reports_not_serving_before_stopping_then_runs_hooks_in_reverse() -> None:
+async def test_stop_reports_not_serving_before_stopping_then_runs_hooks_in_reverse(
+    engine: GrpcEngine,
+) -> None:
     events: list[str] = []
-    srv = make_server(events, grace_s=1.0)
+    srv = make_server(engine, events, grace_s=1.0)
     await srv.start()
     assert events == ["start echo", "start other"]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
@@ -362,20 +462,20 @@ async def test_stop_reports_not_serving_before_stopping_then_runs_hooks_in_rever
     assert events.count("stop echo") == 1
 
 
-async def test_concurrent_stops_share_one_shutdown() -> None:
+async def test_concurrent_stops_share_one_shutdown(engine: GrpcEngine) -> None:
     events: list[str] = []
-    srv = make_server(events, grace_s=0.1)
+    srv = make_server(engine, events, grace_s=0.1)
     await srv.start()
     await asyncio.gather(srv.stop(), srv.stop(), srv.stop())
     assert events.count("stop echo") == 1
 
 
-async def test_port_in_use_message_is_one_line() -> None:
+async def test_port_in_use_message_is_one_line(engine: GrpcEngine) -> None:
     events: list[str] = []
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         with pytest.raises(PortInUseError) as info:
-            await make_server(events, port=port).start()
+            await make_server(engine, events, port=port).start()
     assert str(info.value) == (
         f"127.0.0.1:{port} is already in use: stop the other process or set CONTEXTIQ_GRPC_PORT"
     )
@@ -383,13 +483,16 @@ async def test_port_in_use_message_is_one_line() -> None:
     assert events == []
 
 
-async def test_second_grpc_server_on_same_port_is_refused(server: GrpcServer) -> None:
+@pytest.mark.parametrize("second", ["native", "grpcio"])
+async def test_second_grpc_server_on_same_port_is_refused(
+    server: GrpcServer, second: GrpcEngine
+) -> None:
     # grpc enables SO_REUSEPORT by default, which would let this bind succeed silently.
     with pytest.raises(PortInUseError):
-        await make_server(port=server.port).start()
+        await make_server(second, port=server.port).start()
 
 
-async def test_failing_start_hook_undoes_earlier_components() -> None:
+async def test_failing_start_hook_undoes_earlier_components(engine: GrpcEngine) -> None:
     events: list[str] = []
 
     async def started() -> None:
@@ -408,6 +511,7 @@ async def test_failing_start_hook_undoes_earlier_components() -> None:
             Component(name="a", services=[], on_start=started, on_stop=stopped),
             Component(name="b", services=[], on_start=broken, on_stop=stopped),
         ],
+        engine=engine,
     )
     with pytest.raises(RuntimeError, match="migration failed"):
         await srv.start()

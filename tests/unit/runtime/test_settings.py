@@ -30,6 +30,7 @@ def test_every_variable_is_read() -> None:
     env = {
         "CONTEXTIQ_GRPC_HOST": "0.0.0.0",
         "CONTEXTIQ_GRPC_PORT": "6000",
+        "CONTEXTIQ_GRPC_ENGINE": "GRPCIO",
         "CONTEXTIQ_HTTP_HOST": "::",
         "CONTEXTIQ_HTTP_PORT": "6001",
         "CONTEXTIQ_METRICS_PORT": "9090",
@@ -64,6 +65,7 @@ def test_every_variable_is_read() -> None:
     s = Settings.from_env(env, service_name="memory")
     assert (s.grpc_host, s.grpc_port, s.http_host, s.http_port) == ("0.0.0.0", 6000, "::", 6001)
     assert s.metrics_port == 9090
+    assert s.grpc_engine == "grpcio"
     assert s.database_url == "postgresql+asyncpg://u:p@db:5432/ciq"
     assert s.nats_url == "nats://nats:4222"
     assert s.qdrant_url == "http://qdrant:6333"
@@ -101,6 +103,7 @@ def test_booleans(raw: str, expected: bool) -> None:
 def test_empty_values_mean_default() -> None:
     s = Settings.from_env({"CONTEXTIQ_GRPC_PORT": "", "DATABASE_URL": "  "}, service_name="x")
     assert s.grpc_port == 50051
+    assert s.grpc_engine == "native"
     assert s.database_url is None
 
 
@@ -118,6 +121,7 @@ def test_empty_values_mean_default() -> None:
         ("CONTEXTIQ_SHUTDOWN_GRACE_SECONDS", "-1"),
         ("CONTEXTIQ_LOG_LEVEL", "LOUD"),
         ("CONTEXTIQ_LOG_FORMAT", "xml"),
+        ("CONTEXTIQ_GRPC_ENGINE", "tonic"),
         ("CONTEXTIQ_WORKER_CONCURRENCY", "0"),
     ],
 )
