@@ -223,6 +223,7 @@ def test_configmap_points_every_service_at_its_service_and_holds_no_secret(
     ):
         assert forbidden not in data
     assert all(isinstance(value, str) for value in data.values())
+    assert data["CONTEXTIQ_GRPC_ENGINE"] == "native"
 
 
 @pytest.mark.parametrize("files", VARIANTS)
@@ -521,6 +522,7 @@ def test_config_changes_roll_the_pods(renderer: Renderer) -> None:
         ({"memory": {"autoscaling": {"enabled": "yes"}}}, "/memory/autoscaling/enabled"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"config": {"logLevel": "LOUD"}}, "/config/logLevel"),
+        ({"config": {"grpcEngine": "tonic"}}, "/config/grpcEngine"),
         ({"secrets": {"bootstrapApiKey": "not-a-ck-key"}}, "/secrets/bootstrapApiKey"),
         ({"nats": {"url": "nats://user:pass@nats:4222"}}, "/nats/url"),
         ({"postgres": {"url": "mysql://x@db/contextiq"}}, "/postgres/url"),
