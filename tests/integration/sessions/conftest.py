@@ -1,8 +1,10 @@
 """Fixtures of the SessionService tests: real servers (port 0) on the session's Postgres.
 
 The main server runs the component as a deployment would: JWT auth, error and logging
-interceptors, its own migrations. Its TTL sweeper is slowed down so that tests observe expired
-sessions before they are purged; the sweeper tests start their own server.
+interceptors, its own migrations. It runs on each gRPC engine in turn (``native``, the default,
+then ``grpcio``), so every test of the main server checks both. Its TTL sweeper is slowed down
+so that tests observe expired sessions before they are purged; the sweeper tests start their
+own server.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from ciq_runtime.auth import build_auth_interceptor
 from ciq_runtime.server import Component, GrpcServer, default_interceptors
-from ciq_runtime.settings import Settings
+from ciq_runtime.settings import GrpcEngine, Settings
 from contextiq.sessions.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 from sessions_svc.component import SERVICE_NAME, SessionsBackend, build_component
 from tests.auth_helpers import TEST_JWT_SECRET, bearer
@@ -57,7 +59,9 @@ class SessionsServer:
     address: str
 
 
-async def start_server(pg_url: str, **options: Any) -> SessionsServer:
+async def start_server(
+    pg_url: str, *, engine: GrpcEngine = "native", **options: Any
+) -> SessionsServer:
     """Start a SessionService server with ``build_component(settings, **options)``."""
     settings = server_settings(pg_url)
     component: Component = build_component(settings, **options)
@@ -71,6 +75,7 @@ async def start_server(pg_url: str, **options: Any) -> SessionsServer:
             build_auth_interceptor(settings, services=[SERVICE_NAME])
         ),
         grace_s=1.0,
+        engine=engine,
     )
     port = await server.start()
     address = f"127.0.0.1:{port}"
@@ -91,10 +96,12 @@ async def stop_server(running: SessionsServer) -> None:
     await running.server.stop()
 
 
-@pytest.fixture(scope="session")
-async def sessions(pg_url: str) -> AsyncIterator[SessionsServer]:
+@pytest.fixture(scope="session", params=["native", "grpcio"])
+async def sessions(pg_url: str, request: pytest.FixtureRequest) -> AsyncIterator[SessionsServer]:
     """The main server (sweeper every hour: expired sessions stay in the tables)."""
-    running = await start_server(pg_url, sweep_interval_s=3600.0, stream_poll_interval_s=0.5)
+    running = await start_server(
+        pg_url, engine=request.param, sweep_interval_s=3600.0, stream_poll_interval_s=0.5
+    )
     try:
         yield running
     finally:
