@@ -39,15 +39,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import grpc
 from google.protobuf import struct_pb2
 
+from ciq_runtime.settings import GRPC_ENGINES, GrpcEngine
 from contextiq.sessions.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
-
-if TYPE_CHECKING:
-    from ciq_runtime.settings import GrpcEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = (
@@ -88,7 +86,7 @@ def _serve(database_url: str, engine: str) -> None:
                 build_auth_interceptor(settings, services=[SERVICE_NAME])
             ),
             grace_s=1.0,
-            engine=cast("GrpcEngine", engine),
+            engine=cast(GrpcEngine, engine),
         )
         port = await server.start()
         print(f"PORT {port}", flush=True)
@@ -431,7 +429,7 @@ def main() -> None:
     parser.add_argument("--skip-adk", action="store_true")
     parser.add_argument(
         "--engine",
-        choices=("native", "grpcio"),
+        choices=GRPC_ENGINES,
         default="native",
         help="gRPC server implementation of the SessionService (CONTEXTIQ_GRPC_ENGINE)",
     )

@@ -35,7 +35,7 @@ from ciq_runtime.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from ciq_runtime.health import DependencyChecks, HealthCheck, HealthReporter
 from ciq_runtime.interceptors import CallGuard, RpcInterceptor
 from ciq_runtime.metrics import TenantCountQuery
-from ciq_runtime.settings import GrpcEngine
+from ciq_runtime.settings import GRPC_ENGINES, GrpcEngine
 
 __all__ = [
     "Component",
@@ -163,8 +163,10 @@ class GrpcServer:
         Raises:
             ValueError: If two components declare the same service or ``engine`` is unknown.
         """
-        if engine not in _ENGINES:
-            raise ValueError(f"unknown gRPC engine {engine!r}: use one of {', '.join(_ENGINES)}")
+        if engine not in GRPC_ENGINES:
+            raise ValueError(
+                f"unknown gRPC engine {engine!r}: use one of {', '.join(GRPC_ENGINES)}"
+            )
         names = [spec.name for c in components for spec in c.services]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -228,7 +230,7 @@ class GrpcServer:
         """
         if self._server is not None or self._stopping is not None:
             raise RuntimeError("GrpcServer.start() may be called once")
-        server = _SERVER_FACTORIES[self._engine]()(
+        server = _server_factory(self._engine)(
             interceptors=self._interceptors,
             options=[
                 ("grpc.max_send_message_length", self._max_message_bytes),
@@ -314,24 +316,15 @@ class GrpcServer:
             await self._server.wait_for_termination()
 
 
-def _grpcio_server() -> Callable[..., grpc.aio.Server]:
+def _server_factory(engine: GrpcEngine) -> Callable[..., grpc.aio.Server]:
+    """``grpc.aio.server`` or the engine's drop-in for it."""
     factory: Callable[..., grpc.aio.Server] = grpc.aio.server
+    if engine == "native":
+        # Imported on use: a process on the grpcio engine never loads the native library.
+        import pygrpc_native.aio
+
+        factory = pygrpc_native.aio.server
     return factory
-
-
-def _native_server() -> Callable[..., grpc.aio.Server]:
-    # Imported on use: a process on the grpcio engine never loads the native library.
-    import pygrpc_native.aio
-
-    factory: Callable[..., grpc.aio.Server] = pygrpc_native.aio.server
-    return factory
-
-
-_SERVER_FACTORIES: dict[str, Callable[[], Callable[..., grpc.aio.Server]]] = {
-    "native": _native_server,
-    "grpcio": _grpcio_server,
-}
-_ENGINES = tuple(_SERVER_FACTORIES)
 
 
 def _bind(server: grpc.aio.Server, host: str, port: int) -> int:

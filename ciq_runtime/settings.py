@@ -12,10 +12,11 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast, get_args
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 __all__ = [
+    "GRPC_ENGINES",
     "REDACTED",
     "ConfigError",
     "GrpcEngine",
@@ -29,6 +30,7 @@ LogFormat = Literal["json", "text"]
 #: The gRPC server implementation: ``native`` (pygrpc-native: HTTP/2 and gRPC framing in Rust,
 #: outside the GIL) or ``grpcio`` (grpc.aio).
 GrpcEngine = Literal["native", "grpcio"]
+GRPC_ENGINES: tuple[GrpcEngine, ...] = get_args(GrpcEngine)
 
 REDACTED = "[REDACTED]"
 
@@ -239,7 +241,7 @@ class Settings:
             grpc_port=env.port("CONTEXTIQ_GRPC_PORT", 50051),
             grpc_engine=cast(
                 GrpcEngine,
-                env.choice("CONTEXTIQ_GRPC_ENGINE", "native", ("native", "grpcio"), str.lower),
+                env.choice("CONTEXTIQ_GRPC_ENGINE", "native", GRPC_ENGINES, str.lower),
             ),
             http_host=env.text("CONTEXTIQ_HTTP_HOST", "127.0.0.1"),
             http_port=env.port("CONTEXTIQ_HTTP_PORT", 8080),
