@@ -187,20 +187,37 @@ async def insert_memories(
     if revision and rows:
         await session.execute(
             insert(r),
-            [
-                {
-                    "id": uuid.uuid4(),
-                    "memory_id": row.id,
-                    "revision_number": row.revision_count,
-                    "action": "CREATED",
-                    "memory_created_at": row.created_at,
-                    "created_at": row.created_at,
-                    **{name: getattr(row, name) for name in _REVISION_COPY},
-                }
-                for row in rows
-            ],
+            [_revision_values(row, action="CREATED", now=row.created_at) for row in rows],
         )
     return list(rows)
+
+
+def _revision_values(
+    row: Any,
+    *,
+    action: str,
+    now: datetime,
+    fact: str | None = None,
+    rolled_back_to: int = 0,
+    operation_name: str = "",
+    extracted_memories: Sequence[str] = (),
+    reason: str = "",
+) -> dict[str, Any]:
+    """The revision numbered ``row.revision_count``, from the memory's state in ``row``."""
+    return {
+        "id": uuid.uuid4(),
+        "memory_id": row.id,
+        **{name: getattr(row, name) for name in _REVISION_COPY},
+        "revision_number": row.revision_count,
+        "action": action,
+        "fact": row.fact if fact is None else fact,
+        "operation_name": operation_name,
+        "extracted_memories": list(extracted_memories),
+        "rolled_back_to": rolled_back_to,
+        "reason": reason,
+        "memory_created_at": row.created_at,
+        "created_at": now,
+    }
 
 
 async def insert_revision(
@@ -218,27 +235,16 @@ async def insert_revision(
     """Write the revision numbered ``row.revision_count`` from the memory's state in ``row``."""
     await session.execute(
         insert(r).values(
-            id=uuid.uuid4(),
-            tenant_id=row.tenant_id,
-            memory_id=row.id,
-            bank_id=row.bank_id,
-            scope=row.scope,
-            scope_key=row.scope_key,
-            revision_number=row.revision_count,
-            action=action,
-            fact=row.fact if fact is None else fact,
-            topic=row.topic,
-            confidence=row.confidence,
-            metadata=row.metadata,
-            expires_at=row.expires_at,
-            source_session_id=row.source_session_id,
-            source_event_ids=row.source_event_ids,
-            operation_name=operation_name,
-            extracted_memories=list(extracted_memories),
-            rolled_back_to=rolled_back_to,
-            reason=reason,
-            memory_created_at=row.created_at,
-            created_at=now,
+            _revision_values(
+                row,
+                action=action,
+                now=now,
+                fact=fact,
+                rolled_back_to=rolled_back_to,
+                operation_name=operation_name,
+                extracted_memories=extracted_memories,
+                reason=reason,
+            )
         )
     )
 
