@@ -238,7 +238,7 @@ class EdgeIndex:
             return SearchHits(dense=[], keyword=[])
         batch = qe.QueryBatchRequest(requests)
         results = await self._call(lambda: shard.query_batch(batch))
-        lists = [[Hit(_as_uuid(p.id), float(p.score)) for p in result] for result in results]
+        lists = _hit_lists(results)
         dense_hits = lists.pop(0) if dense is not None else []
         keyword_hits = lists.pop(0) if lists else []
         return SearchHits(dense=dense_hits, keyword=keyword_hits)
@@ -268,7 +268,7 @@ class EdgeIndex:
             ]
         )
         results = await self._call(lambda: shard.query_batch(batch))
-        return [[Hit(_as_uuid(p.id), float(p.score)) for p in result] for result in results]
+        return _hit_lists(results)
 
     async def count(self, collection: str, filter: IndexFilter) -> int:
         """Exact number of matching points."""
@@ -322,6 +322,11 @@ class EdgeIndex:
         await asyncio.get_running_loop().run_in_executor(self._optimizer, close_all)
         self._pool.shutdown(wait=True)
         self._optimizer.shutdown(wait=True)
+
+
+def _hit_lists(results: Sequence[Sequence[Any]]) -> list[list[Hit]]:
+    """The hits of each query of a batch, in the batch's order."""
+    return [[Hit(_as_uuid(p.id), float(p.score)) for p in result] for result in results]
 
 
 def _as_uuid(value: object) -> uuid.UUID:

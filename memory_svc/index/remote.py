@@ -31,6 +31,14 @@ _KEYWORD_FIELDS = ("bank_id", "scope_key", "scope_pairs", "topic")
 _FLOAT_FIELDS = ("expires_at", "created_at", "updated_at", "rank")
 
 
+def _hit_lists(responses: Sequence[models.QueryResponse]) -> list[list[Hit]]:
+    """The hits of each query of a batch, in the batch's order."""
+    return [
+        [Hit(uuid.UUID(str(p.id)), float(p.score)) for p in response.points]
+        for response in responses
+    ]
+
+
 def _filter(spec: IndexFilter) -> models.Filter:
     must: list[Any] = [
         models.FieldCondition(key="tenant_id", match=models.MatchValue(value=spec.tenant_id)),
@@ -172,10 +180,7 @@ class RemoteIndex:
         if not requests:
             return SearchHits(dense=[], keyword=[])
         responses = await self._client.query_batch_points(collection, requests=requests)
-        lists = [
-            [Hit(uuid.UUID(str(p.id)), float(p.score)) for p in response.points]
-            for response in responses
-        ]
+        lists = _hit_lists(responses)
         dense_hits = lists.pop(0) if dense is not None else []
         keyword_hits = lists.pop(0) if lists else []
         return SearchHits(dense=dense_hits, keyword=keyword_hits)
@@ -201,10 +206,7 @@ class RemoteIndex:
                 for vector in dense
             ],
         )
-        return [
-            [Hit(uuid.UUID(str(p.id)), float(p.score)) for p in response.points]
-            for response in responses
-        ]
+        return _hit_lists(responses)
 
     async def count(self, collection: str, filter: IndexFilter) -> int:
         """Exact number of matching points."""
